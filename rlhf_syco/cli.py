@@ -25,7 +25,6 @@ from rlhf_syco.rundir import now
 
 from rlhf_syco.stages import STAGES
 
-STAGE_NAMES = tuple(STAGES)  # pipeline order
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_show_locals=False,  # locals may hold API keys
@@ -34,7 +33,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 
 ConfigArg = typer.Argument(None, help="Experiment YAML (default: experiments/default.yaml).", show_default=False)
 OverridesArg = typer.Argument(None, help="Dotted overrides such as pm.train.lr=1e-5.", show_default=False)
-ForceOpt = typer.Option([], "--force", help=f"Redo this stage (repeatable): {', '.join(STAGE_NAMES)}.")
+ForceOpt = typer.Option([], "--force", help=f"Redo this stage (repeatable): {', '.join(STAGES)}.")
 
 
 def _load(config_path: Optional[str], overrides: Optional[list[str]]):
@@ -69,11 +68,12 @@ def run(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = Over
                                     "says so explicitly (Slurm requeues use it)."),
         no_ray: bool = typer.Option(False, "--no-ray", help="Run the stages in this process instead of as Ray "
                                     "tasks (same results; easier to debug).")):
-    """Run the whole experiment: data -> PM -> probe -> evaluation -> best-of-N -> PPO -> plots."""
+    """Run the experiment: the config's `stages` (all by default: data -> PM -> probe -> evaluation -> best-of-N
+    -> PPO -> plots)."""
     from rlhf_syco import pipeline
 
     cfg, run_dir = _setup(config, overrides, force)
-    pipeline.run(cfg, run_dir, list(STAGE_NAMES), use_ray=not no_ray)
+    pipeline.run(cfg, run_dir, cfg.stages, use_ray=not no_ray)
     _print_results(run_dir)
 
 
@@ -200,6 +200,9 @@ def _print_results(run_dir) -> None:
                           str(v["n"]))
         console.print(table)
     console.print(f"results: {res}")
+    plots = sorted((res.parent / "plots").glob("*.png"))
+    if plots:
+        console.print("plots:\n" + "\n".join(f"  {p}" for p in plots), highlight=False)
 
 
 def main() -> None:

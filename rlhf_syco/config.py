@@ -20,6 +20,7 @@ from rlhf_syco.bon.config import BonConfig
 from rlhf_syco.evaluation.config import EvalConfig
 from rlhf_syco.ppo.config import PPOConfig
 from rlhf_syco.slurm import SlurmConfig
+from rlhf_syco.stages import STAGES
 from rlhf_syco.strict import Strict
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -83,6 +84,9 @@ class PMTrainConfig(Strict):
     eval_steps: int = Field(50, gt=0)
     logging_steps: int = Field(10, gt=0)
     gradient_checkpointing: bool = False
+    # Batches of pairs of similar length (transformers' LengthGroupedSampler: shuffled megabatches of 50
+    # batches, each sorted by length): far less padding when short and long conversations mix, as in HH-RLHF.
+    group_by_length: bool = True
 
 
 class PMConfig(Strict):
@@ -107,8 +111,12 @@ class ProbeConfig(Strict):
 
 class ComputeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Workers of a stage that fans out: PM training and PPO as a Ray Train group of this many processes (one
+    # per GPU), best-of-N sampling and scoring over this many Ray actors. 1: every stage is one task.
     num_workers: int = Field(1, gt=0)
-    cpus_per_worker: float = Field(1, gt=0)
+    # CPUs of each stage task or worker; None: every core of the largest Ray node (the stages run one after
+    # another, so on one machine a stage gets all of it).
+    cpus_per_worker: float | None = Field(None, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
     deepspeed_stage: Literal[0, 2, 3] = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -120,6 +128,8 @@ class ComputeConfig(Strict):
 class ExperimentConfig(Strict):
     name: str = "default"
     seed: int = 0
+    # What `rlhf-syco run` runs (with their prerequisites), in pipeline order.
+    stages: list[str] = list(STAGES)
     runs_dir: str = "runs"
     policy: PolicyConfig = PolicyConfig()
     pm: PMConfig = PMConfig()
@@ -140,6 +150,14 @@ class ExperimentConfig(Strict):
         if not v or "/" in v or v.startswith("."):
             raise ValueError("must be a plain folder name")
         return v
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, names: list[str]) -> list[str]:
+        for n in names:
+            if n not in STAGES:
+                raise ValueError(f"unknown stage {n!r}{_suggest(n, STAGES)}; stages: {', '.join(STAGES)}")
+        return names
 
     @model_validator(mode="after")
     def _reward_model_names_exist(self):

@@ -65,6 +65,15 @@ def to_chat(prompt: list[dict]) -> tuple[Conversation, str | None]:
     return messages, None
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Where a reply ends: the tokenizer's and the model's EOS and any end-of-turn token the vocabulary has."""
+    vocab = tokenizer.get_vocab()
+    model_eos = model.generation_config.eos_token_id
+    model_eos = model_eos if isinstance(model_eos, list) else [model_eos]
+    return sorted({i for i in [tokenizer.eos_token_id, *model_eos] if i is not None} |
+                  {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab})
+
+
 class HFGenerator:
     """transformers `generate` with the KV cache, left padding and `generation.batch_size` prompts a batch."""
 
@@ -73,11 +82,7 @@ class HFGenerator:
             raise UserError("the policy's tokenizer has no chat template; use a chat model or set one")
         tokenizer.padding_side = "left"
         self.model, self.tokenizer, self.config = model, tokenizer, config
-        vocab = tokenizer.get_vocab()
-        model_eos = model.generation_config.eos_token_id
-        model_eos = model_eos if isinstance(model_eos, list) else [model_eos]
-        self.stop_ids = sorted({i for i in [tokenizer.eos_token_id, *model_eos] if i is not None} |
-                               {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab})
+        self.stop_ids = stop_token_ids(model, tokenizer)
 
     def prompt_text(self, conversation: Conversation, prefill: str | None = None) -> str:
         """The chat template with the assistant's generation prompt, then the prefill, if any."""
@@ -93,8 +98,7 @@ class HFGenerator:
         texts = [self.prompt_text(c, p) for c, p in zip(conversations, prefill)]
         sampling = self.config.temperature > 0
         options = dict(max_new_tokens=max_new_tokens or self.config.max_new_tokens, do_sample=sampling,
-                       num_return_sequences=n if sampling else 1, eos_token_id=self.stop_ids,
-                       pad_token_id=self.tokenizer.pad_token_id, use_cache=True)
+                       eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id, use_cache=True)
         if sampling:
             options.update(temperature=self.config.temperature, top_p=self.config.top_p, top_k=0)
         size = self.config.batch_size
@@ -104,6 +108,8 @@ class HFGenerator:
                                    add_special_tokens=False).to(self.model.device)
             with torch.random.fork_rng(devices=[self.model.device] if self.model.device.type == "cuda" else []), \
                     torch.inference_mode():
+                if sampling and n > 1 and batch["input_ids"].shape[1] > 1:
+                    batch = self._shared_prefix(batch, n)
                 torch.manual_seed(derive_seed(seed, index))
                 out = self.model.generate(**batch, **options)
             decoded = [self._decode(row) for row in out[:, batch["input_ids"].shape[1]:]]
@@ -113,6 +119,22 @@ class HFGenerator:
             if on_batch:
                 on_batch()
         return replies
+
+    def _shared_prefix(self, batch, n: int) -> dict:
+        """The batch with each prompt repeated n times and its KV cache computed once and copied, instead of
+        `num_return_sequences`, which runs the prompt through the model n times. All but the last prompt token
+        are cached (generate needs one uncached token to start from); positions follow left padding as in
+        generate."""
+        from transformers import DynamicCache
+
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                   past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(n)
+        return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0),
+                "past_key_values": cache}
 
     def _decode(self, ids) -> str:
         """Text up to the first stop token, special tokens removed."""

@@ -13,6 +13,7 @@ Anything else is passed to `from_pretrained` as is (hub id or folder); `trust_re
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -52,7 +53,11 @@ def resolve(name_or_path: str) -> str:
     if name_or_path.startswith(("builtin:", "tiny:")):
         if name_or_path not in builders:
             raise UserError(f"unknown built-in model {name_or_path!r}; built-ins: {', '.join(builders)}")
-        return str(builders[name_or_path]())
+        lock = cache_dir() / "models" / ".lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as f:  # processes of one run (ranks, actors) build it once, the others wait
+            fcntl.flock(f, fcntl.LOCK_EX)
+            return str(builders[name_or_path]())
     return name_or_path
 
 

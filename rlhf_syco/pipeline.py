@@ -3,7 +3,9 @@
 `run(config, run_dir, stages)` adds the stages' prerequisites, skips the ones already done, and runs the
 rest one after another. With Ray, each stage is one task (`max_retries=0`: retries are ours, see below) with
 the resources `stage_resources` gives it, calling the same `run_stage` as the in-process path; stage
-functions stay plain Python and a run gives the same results either way. Ray joins `compute.ray_address`
+functions stay plain Python and a run gives the same results either way. With `compute.num_workers > 1`,
+PM training and PPO run as a Ray Train group (`_train_group`: the stage function on every rank), and
+best-of-N's task coordinates that many actors (`rlhf_syco.fanout`). Ray joins `compute.ray_address`
 (or `$RAY_ADDRESS`) when set, as on a Slurm allocation (`slurm/`); otherwise it starts a private local
 instance with this machine's cores for the length of the run.
 
@@ -22,12 +24,14 @@ from rich.markup import escape
 
 from rlhf_syco.errors import UserError
 from rlhf_syco.progress import console
-from rlhf_syco.rundir import RunDir, now
+from rlhf_syco.rundir import RunDir, now, read_json
 from rlhf_syco.stages import STAGES, run_stage
 
 # What a stage's worker must share with the driver: the model cache, offline switches, quiet bars, imports.
 FORWARDED_ENV = ("RLHF_SYCO_", "HF_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM", "PYTHONPATH")
 CPU_ONLY_STAGES = ("data", "plots")  # they load no model
+TRAINING_STAGES = ("pm", "ppo")  # with compute.num_workers > 1: a Ray Train group, one process per worker
+FAN_OUT_STAGES = ("bon",)  # with compute.num_workers > 1: a coordinating task and actors (rlhf_syco.fanout)
 
 
 def run(config, run_dir: RunDir, stages: list[str], use_ray: bool = True) -> dict:
@@ -63,12 +67,27 @@ def with_prerequisites(names: list[str]) -> list[str]:
 
 
 def stage_resources(name: str, config) -> dict:
-    """The Ray resources of one stage's task. Stages that load a model get `compute.gpus_per_worker`.
-
-    This is where a stage that outgrows one worker (PM or PPO training as a Ray Train group of
-    `compute.num_workers` workers) gets its own launcher."""
+    """The Ray resources of one of a stage's workers (its task, actors or training processes). Stages that
+    load a model get `compute.gpus_per_worker`."""
     c = config.compute
-    return {"num_cpus": c.cpus_per_worker, "num_gpus": 0 if name in CPU_ONLY_STAGES else c.gpus_per_worker}
+    return {"num_cpus": worker_cpus(config, group_size(name, config)),
+            "num_gpus": 0 if name in CPU_ONLY_STAGES else c.gpus_per_worker}
+
+
+def worker_cpus(config, workers: int = 1) -> float:
+    """`compute.cpus_per_worker`, or, when unset, the CPUs of the largest Ray node shared by `workers`."""
+    import ray
+
+    if config.compute.cpus_per_worker:
+        return config.compute.cpus_per_worker
+    largest = max(node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"])
+    return max(1, int(largest // workers))
+
+
+def group_size(name: str, config) -> int:
+    """How many workers of `stage_resources`' size a stage runs at once."""
+    parallel = name in TRAINING_STAGES or name in FAN_OUT_STAGES
+    return config.compute.num_workers if parallel else 1
 
 
 def _run_with_retries(name: str, config, run_dir: RunDir, use_ray: bool) -> dict | None:
@@ -77,10 +96,14 @@ def _run_with_retries(name: str, config, run_dir: RunDir, use_ray: bool) -> dict
         try:
             if not use_ray:
                 return run_stage(name, config, run_dir)
+            if name in TRAINING_STAGES and config.compute.num_workers > 1:
+                return _train_group(name, config, run_dir)
             import ray
 
-            task = ray.remote(max_retries=0)(_stage_in_worker).options(name=f"stage-{name}",
-                                                                       **stage_resources(name, config))
+            resources = stage_resources(name, config)
+            if group_size(name, config) > 1:  # the task coordinates; its actors ask for the resources
+                resources = {"num_cpus": 0, "num_gpus": 0}
+            task = ray.remote(max_retries=0)(_stage_in_worker).options(name=f"stage-{name}", **resources)
             return ray.get(task.remote(name, config, str(run_dir.path.resolve()), os.getcwd()))
         except UserError as e:
             raise getattr(e, "cause", e) from None  # Ray wraps it; show the user their error, not Ray's
@@ -99,7 +122,38 @@ def _run_with_retries(name: str, config, run_dir: RunDir, use_ray: bool) -> dict
 def _stage_in_worker(name: str, config, run_dir: str, cwd: str) -> dict | None:
     """One stage in a Ray worker, in the driver's working folder (relative paths in the config resolve)."""
     os.chdir(cwd)
+    if not config.compute.torch_threads:  # as many threads as the task has CPUs
+        import ray
+        import torch
+
+        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     return run_stage(name, config, RunDir(run_dir))
+
+
+def _train_group(name: str, config, run_dir: RunDir) -> dict:
+    """A training stage as a Ray Train group of `compute.num_workers` processes: Ray Train sets up
+    torch.distributed (nccl on GPUs, gloo on CPUs) and RANK/WORLD_SIZE, which accelerate, the Trainer and
+    DeepSpeed pick up, so the stage function runs unchanged on every rank."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    c = config.compute
+    worker = stage_resources(name, config)
+    resources = {"CPU": worker["num_cpus"], **({"GPU": worker["num_gpus"]} if worker["num_gpus"] else {})}
+    trainer = TorchTrainer(
+        _stage_in_group,
+        train_loop_config={"name": name, "config": config, "run_dir": str(run_dir.path.resolve()), "cwd": os.getcwd()},
+        torch_config=TorchConfig(backend="nccl" if c.gpus_per_worker else "gloo"),
+        scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=bool(c.gpus_per_worker),
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=str((run_dir.path / "ray_train").resolve())),
+    )
+    trainer.fit()
+    return read_json(run_dir / name / "DONE.json")  # the stage's own summary stays in its folder
+
+
+def _stage_in_group(loop_config: dict) -> None:
+    _stage_in_worker(loop_config["name"], loop_config["config"], loop_config["run_dir"], loop_config["cwd"])
 
 
 @contextlib.contextmanager
@@ -131,9 +185,10 @@ def _check_fits(config, stages: list[str]) -> None:
 
     total = ray.cluster_resources()
     for name in stages:
-        need = stage_resources(name, config)
+        need, workers = stage_resources(name, config), group_size(name, config)
         for resource, amount, key in (("CPU", need["num_cpus"], "cpus_per_worker"),
                                       ("GPU", need["num_gpus"], "gpus_per_worker")):
-            if amount > total.get(resource, 0):
-                raise UserError(f"stage {name} asks for {amount:g} {resource}s but the Ray cluster has "
+            if amount * workers > total.get(resource, 0):
+                asked = f"{workers} workers x {amount:g}" if workers > 1 else f"{amount:g}"
+                raise UserError(f"stage {name} asks for {asked} {resource}s but the Ray cluster has "
                                 f"{total.get(resource, 0):g}", f"compute.{key}")

@@ -38,7 +38,7 @@ def _encode(pairs: list[dict], tokenizer, max_length: int) -> list[dict]:
     prompts = [p["prompt"] for p in pairs]
     chosen = encode_for_pm(tokenizer, prompts, [p["chosen"] for p in pairs], max_length)
     rejected = encode_for_pm(tokenizer, prompts, [p["rejected"] for p in pairs], max_length)
-    return [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(chosen, rejected)]
+    return [{"chosen_ids": c, "rejected_ids": r, "length": max(len(c), len(r))} for c, r in zip(chosen, rejected)]
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
@@ -81,6 +81,8 @@ def train(config, run_dir: RunDir) -> dict:
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         eval_strategy="steps", eval_steps=t.eval_steps, logging_steps=t.logging_steps,
         gradient_checkpointing=t.gradient_checkpointing, seed=config.seed, data_seed=config.seed,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        remove_unused_columns=False,  # keeps "length" for the sampler; TRL's collator reads only the ids
         bf16=config.compute.mixed_precision == "bf16", fp16=config.compute.mixed_precision == "fp16",
         # DeepSpeed on CPU needs gloo; ACCELERATE_USE_CPU (use_cpu) would silently drop DeepSpeed.
         use_cpu=on_cpu and config.compute.deepspeed_stage == 0, **gloo_state,
@@ -126,7 +128,8 @@ def train(config, run_dir: RunDir) -> dict:
     history = trainer.state.log_history
     write_jsonl(out / "log_history.jsonl", history)
     heldout = heldout_accuracy(config, run_dir, heldout_pairs)
-    summary = {"steps": trainer.state.global_step, "resumed_from": resume.name if resume else None,
+    summary = {"steps": trainer.state.global_step, "processes": trainer.accelerator.num_processes,
+               "resumed_from": resume.name if resume else None,
                "train_pairs": len(train_pairs), "heldout_pairs": len(heldout_pairs), "heldout": heldout,
                "final_train_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None)}
     write_json(out / "metrics.json", summary)

@@ -66,7 +66,7 @@ def render(config, run_dir: RunDir, *, nodes: int | None = None, gpus_per_node: 
     job = job_settings(config, nodes=nodes, gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node, time=time,
                        partition=partition, account=account, sbatch_options=sbatch_options)
     workers_per_node = math.ceil(config.compute.num_workers / job.nodes)
-    cpus = job.cpus_per_node or math.ceil(config.compute.cpus_per_worker * workers_per_node)
+    cpus = job.cpus_per_node or math.ceil((config.compute.cpus_per_worker or 1) * workers_per_node)
     options = [f"--{key}={value}" for key, value in (("partition", job.partition), ("account", job.account),
                                                      ("gpus-per-node", job.gpus_per_node)) if value]
     folder = Path(run_dir.path).resolve() / "slurm"

@@ -8,6 +8,7 @@ and marks it done last, so a crashed stage restarts (from its own checkpoints) o
 from __future__ import annotations
 
 import importlib
+import resource
 import time
 
 from rlhf_syco.errors import UserError
@@ -28,7 +29,8 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-PLACEMENT = ("compute", "slurm")  # where and how fast a run goes; results do not depend on them
+# Which stages `run` runs, and where and how fast: the results of a stage do not depend on these sections.
+NOT_RESULTS = ("stages", "compute", "slurm")
 
 
 def open_run(config, force: tuple[str, ...] = ()) -> RunDir:
@@ -37,8 +39,8 @@ def open_run(config, force: tuple[str, ...] = ()) -> RunDir:
     old = run_dir.manifest().get("config")
     new = config.dump()
     if old is not None and not force:
-        diff = _first_difference({k: v for k, v in old.items() if k not in PLACEMENT},
-                                 {k: v for k, v in new.items() if k not in PLACEMENT})
+        diff = _first_difference({k: v for k, v in old.items() if k not in NOT_RESULTS},
+                                 {k: v for k, v in new.items() if k not in NOT_RESULTS})
         if diff:
             raise UserError(f"run folder {run_dir.path} holds a run with a different config (first difference: "
                             f"{diff}); choose another name (name=...) or redo stages with --force STAGE")
@@ -80,7 +82,10 @@ def run_stage(name: str, config, run_dir: RunDir) -> dict | None:
     module, function = target.split(":")
     summary = getattr(importlib.import_module(module), function)(config, run_dir) or {}
     seconds = round(time.time() - t0, 1)
-    run_dir.mark_done(name, {"seconds": seconds})
-    run_dir.update_manifest(stages={name: {"started": started, "finished": now(), "seconds": seconds}})
+    # the peak memory of the process that ran it (on Linux ru_maxrss is in KiB)
+    peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    run_dir.mark_done(name, {"seconds": seconds, "peak_rss_mb": peak_rss_mb})
+    run_dir.update_manifest(stages={name: {"started": started, "finished": now(), "seconds": seconds,
+                                           "peak_rss_mb": peak_rss_mb}})
     console.print(f"[bold]{name}[/bold]: finished in {seconds:.0f}s")
     return summary

@@ -6,7 +6,7 @@ import torch
 
 from rlhf_syco.config import GenerationConfig, ModelConfig
 from rlhf_syco.errors import UserError
-from rlhf_syco.generation import HFGenerator, make_generator, to_chat
+from rlhf_syco.generation import HFGenerator, derive_seed, make_generator, to_chat
 from rlhf_syco.models import load_causal_lm
 
 CONVERSATIONS = [
@@ -84,6 +84,25 @@ def test_sampling_is_reproducible_under_a_seed_whatever_ran_before(model_and_tok
     assert [len(r) for r in first] == [2, 2, 2]
     assert first != sampler.generate(conversations, 2, 8, prefills)
     assert any(a != b for a, b in first)  # two samples of one prompt differ
+
+
+def test_n_samples_from_one_cached_prompt_equal_transformers_num_return_sequences(model_and_tokenizer):
+    """The prompt's KV cache is computed once and copied n times; transformers' own `num_return_sequences`
+    runs each prompt n times. Same seed, same random numbers: the same samples."""
+    model, tokenizer = model_and_tokenizer
+    sampler = generator(model_and_tokenizer, temperature=1.0, batch_size=3, max_new_tokens=10)
+    conversations, prefills = CONVERSATIONS[:3], PREFILLS[:3]
+    ours = sampler.generate(conversations, 4, 5, prefills)
+    texts = [sampler.prompt_text(c, p) for c, p in zip(conversations, prefills)]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(derive_seed(5, 0))
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=10,
+                             num_return_sequences=4, eos_token_id=sampler.stop_ids,
+                             pad_token_id=tokenizer.pad_token_id)
+    decoded = [sampler._decode(row) for row in out[:, batch["input_ids"].shape[1]:]]
+    assert ours == [decoded[i:i + 4] for i in range(0, 12, 4)]
+    assert len({s for samples in ours for s in samples}) > 3  # the comparison is not vacuous
 
 
 def test_prefill_follows_the_generation_prompt(model_and_tokenizer):

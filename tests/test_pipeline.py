@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from rlhf_syco import pipeline
 from rlhf_syco.config import load_config
 from rlhf_syco.errors import UserError
 from rlhf_syco.models import resolve
+from rlhf_syco.rundir import RunDir
 from rlhf_syco.stages import STAGES, open_run
 
 ray = pytest.importorskip("ray")
@@ -42,7 +44,7 @@ def results(run_dir) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference_dir(tmp_path_factory) -> Path:
     """The whole tiny experiment run in this process, without Ray."""
     import torch
 
@@ -54,7 +56,12 @@ def reference(tmp_path_factory):
         pipeline.run(cfg, open_run(cfg), list(STAGES), use_ray=False)
     finally:
         torch.set_num_threads(threads)
-    return results(cfg.run_dir)
+    return cfg.run_dir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_dir) -> dict[str, str]:
+    return results(reference_dir)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +110,30 @@ def test_stage_whose_worker_dies_is_retried_from_its_checkpoint(local_ray, refer
     assert [(f["stage"], f["attempt"]) for f in failures] == [("pm", 1)]
     assert summaries["pm"]["resumed_from"].startswith("checkpoint-")
     assert results(run_dir)["pm_heldout.json"] == reference["pm_heldout.json"]
+
+
+def test_best_of_n_spread_over_two_actors_gives_the_same_results(local_ray, reference_dir, reference, tmp_path):
+    """The reference run's PM, then best-of-N with its sampling and scoring spread over two actors."""
+    run_dir = RunDir(tmp_path / "reference")
+    for stage in ("data", "pm"):
+        shutil.copytree(reference_dir / stage, run_dir / stage)
+    cfg = tiny(tmp_path, "reference", "compute.num_workers=2", "compute.cpus_per_worker=1")
+    pipeline.run(cfg, run_dir, ["bon"])
+    bon_tables = [name for name in reference if name.startswith("bon_")]
+    assert bon_tables and {name: results(run_dir)[name] for name in bon_tables} == \
+        {name: reference[name] for name in bon_tables}
+
+
+def test_pm_and_ppo_train_as_ray_train_groups_of_two_processes(local_ray, tmp_path):
+    cfg = tiny(tmp_path, "group", "compute.num_workers=2", "compute.cpus_per_worker=1", "ppo.steps=2",
+               "ppo.eval_every=2", "ppo.checkpoint_every=2")
+    run_dir = open_run(cfg)
+    pipeline.run(cfg, run_dir, ["pm", "ppo"])
+    pm = json.loads((run_dir / "pm" / "metrics.json").read_text())
+    assert pm["processes"] == 2 and pm["steps"] == cfg.pm.train.max_steps
+    state = json.loads((run_dir / "ppo" / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    assert state["processes"] == 2
+    assert (run_dir / "results" / "ppo_curves.csv").exists() and run_dir.is_done("ppo")
 
 
 def test_bad_input_is_not_retried(tmp_path):

@@ -1,5 +1,5 @@
 """PPO on the tiny decoder: it optimizes a rule reward, writes its checkpoints and curves, resumes a killed run
-to the same numbers, and runs under DeepSpeed ZeRO-2 with two processes."""
+to the same numbers, and runs under DeepSpeed ZeRO-2 and ZeRO-3 with two processes."""
 
 import json
 import os
@@ -237,16 +237,27 @@ def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_deepspeed_zero2_with_two_gloo_processes(tmp_path):
+@pytest.mark.parametrize("zero", [2, 3])
+def test_deepspeed_zero_with_two_gloo_processes(tmp_path, zero):
     pytest.importorskip("deepspeed")
-    config = tiny_config(tmp_path, "zero2", compute={"deepspeed_stage": 2}, steps=2, eval_every=2)
+    from safetensors.torch import load_file
+
+    from rlhf_syco.models import resolve
+
+    config = tiny_config(tmp_path, f"zero{zero}", compute={"deepspeed_stage": zero}, steps=2, eval_every=2)
     with_data(config)
     # (DeepSpeed compiles its CPU op once per session into conftest's private TORCH_EXTENSIONS_DIR.)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     finish(stage_process(config, tmp_path, launcher), timeout=600)
     rows = metrics_rows(config.run_dir)
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss/policy"]) for r in rows)
-    state = config.run_dir / "ppo" / "checkpoints" / "step-000002" / "state"
-    shards = sorted(p.name for p in (state / "pytorch_model").glob("zero_pp_rank_*_optim_states.pt"))
+    checkpoint = config.run_dir / "ppo" / "checkpoints" / "step-000002"
+    shards = sorted(p.name for p in (checkpoint / "state" / "pytorch_model").glob("zero_pp_rank_*_optim_states.pt"))
     assert len(shards) == 2  # ZeRO partitioned the optimizer state over both processes
     assert len(pd.read_csv(config.run_dir / "results" / "ppo_curves.csv")) == 4  # steps 0 and 2, two types
+    # The saved policy is whole (ZeRO-3 gathers its shards) and moved by training.
+    trained = load_file(checkpoint / "policy" / "model.safetensors")
+    base = load_file(Path(resolve("tiny:decoder")) / "model.safetensors")
+    layers = [k for k in base if k.startswith("model.layers.")]
+    assert layers and all(trained[k].shape == base[k].shape for k in layers)
+    assert max((trained[k] - base[k]).abs().max().item() for k in layers) > 0

@@ -41,7 +41,6 @@ and opinion and are every row for mimicry; the two multi-turn cases are made so:
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
 import json
 from pathlib import Path
@@ -56,6 +55,7 @@ from rlhf_syco.evaluation.judges import get_judge
 from rlhf_syco.evaluation.judging import KEYS, judge_replies
 from rlhf_syco.evaluation.metrics import bootstrap_ci, headline, summarize
 from rlhf_syco.evaluation.stage import eval_records
+from rlhf_syco.fanout import Workers
 from rlhf_syco.generation import derive_seed, make_generator, to_chat
 from rlhf_syco.models import build_reward_models
 from rlhf_syco.progress import console, progress_bar
@@ -72,18 +72,12 @@ def run(config: ExperimentConfig, run_dir: RunDir | str | Path) -> dict:
     for eval_type, records in sets.items():
         write_jsonl(out / "data" / f"{eval_type}.jsonl", records)
 
-    policy = functools.cache(lambda: make_generator(config.policy.model, _sampling(config), config.compute.device))
-    first = _first_turns(config, out, sets["are_you_sure"], policy) if "are_you_sure" in sets else None
-    prompts = {t: _prompts(config, t, records, first) for t, records in sets.items()}
-    pools = _pool(config, out, prompts, policy)
-    policy.cache_clear()  # release the policy before the reward models load
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-    scores = _scores(config, run_dir, out, pools)
+    sampler = functools.partial(make_generator, config.policy.model, _sampling(config), config.compute.device)
+    with Workers(config, sampler) as policy:
+        first = _first_turns(config, out, sets["are_you_sure"], policy) if "are_you_sure" in sets else None
+        prompts = {t: _prompts(config, t, records, first) for t, records in sets.items()}
+        pools = _pool(config, out, prompts, policy)
+    scores = _scores(config, run_dir, out, pools)  # the policy is released before the reward models load
     judged = {t: _judgments(config, out, t, records, pools[t], first) for t, records in sets.items()}
     sizes = report_sizes(config.bon.n_max)
     metrics = _curves(config, judged, scores, sizes)
@@ -138,15 +132,23 @@ def _first_turns(config: ExperimentConfig, out: Path, records: list[dict], polic
     if cached is not None:
         return [row["reply"] for row in cached]
     conversations, prefills = zip(*(to_chat(r["prompt"]) for r in records))
+    draw = {"conversations": conversations, "prefills": prefills, "max_new_tokens": _budget(config, "are_you_sure"),
+            "calls": [(1, derive_seed(config.seed, "bon", "are_you_sure", "first"))]}
     with progress_bar() as progress:
-        task = progress.add_task("first turns are_you_sure",
-                                 total=-(-len(records) // config.policy.generation.batch_size))
-        samples = policy().generate(conversations, 1, derive_seed(config.seed, "bon", "are_you_sure", "first"),
-                                    prefills, max_new_tokens=_budget(config, "are_you_sure"),
-                                    on_batch=lambda: progress.advance(task))
-    replies = [s[0] for s in samples]
+        progress.add_task("first turns are_you_sure", total=None)
+        replies = [s[0] for s in next(policy.map(_draw, [draw]))]
     write_jsonl(path, ({**_key(r), "reply": reply, "fingerprint": fingerprint} for r, reply in zip(records, replies)))
     return replies
+
+
+def _draw(policy, draw: dict) -> list[list[str]]:
+    """Samples for each conversation of `draw`: one `generate` call per (n, seed) in draw["calls"]."""
+    samples = [[] for _ in draw["conversations"]]
+    for n, seed in draw["calls"]:
+        for mine, new in zip(samples, policy.generate(draw["conversations"], n, seed, draw["prefills"],
+                                                      max_new_tokens=draw["max_new_tokens"])):
+            mine.extend(new)
+    return samples
 
 
 def _prompts(config: ExperimentConfig, eval_type: str, records: list[dict], first: list[str] | None) -> list[dict]:
@@ -164,8 +166,8 @@ def _prompts(config: ExperimentConfig, eval_type: str, records: list[dict], firs
 
 def _pool(config: ExperimentConfig, out: Path, prompts: dict[str, list[dict]], policy) -> dict[str, list[dict]]:
     """{type: shards}, a shard being {"prompts", "samples" (n_max per prompt), "hash" of both}; the missing
-    shards are generated, each from its own seed."""
-    bon, batch = config.bon, config.policy.generation.batch_size
+    shards are generated, each from its own seed, spread over the policy workers."""
+    bon = config.bon
     calls = [min(bon.samples_per_call, bon.n_max - start) for start in range(0, bon.n_max, bon.samples_per_call)]
     pools, missing = {}, []
     for eval_type, rows in prompts.items():
@@ -182,22 +184,17 @@ def _pool(config: ExperimentConfig, out: Path, prompts: dict[str, list[dict]], p
                 shard["samples"] = [row["samples"] for row in cached]
             pools[eval_type].append(shard)
 
-    batches = sum(len(calls) * -(-len(shard["prompts"]) // batch) for _, _, shard in missing)
+    draws = [{"conversations": [p["conversation"] for p in shard["prompts"]],
+              "prefills": [p["prefill"] for p in shard["prompts"]], "max_new_tokens": _budget(config, eval_type),
+              "calls": [(n, derive_seed(config.seed, "bon", eval_type, index, call)) for call, n in enumerate(calls)]}
+             for eval_type, index, shard in missing]
     with progress_bar() as progress:
-        task = progress.add_task("best-of-n pool", total=batches, visible=bool(missing))
-        for eval_type, index, shard in missing:
-            conversations = [p["conversation"] for p in shard["prompts"]]
-            prefills = [p["prefill"] for p in shard["prompts"]]
-            samples = [[] for _ in conversations]
-            for call, n in enumerate(calls):
-                drawn = policy().generate(conversations, n, derive_seed(config.seed, "bon", eval_type, index, call),
-                                          prefills, max_new_tokens=_budget(config, eval_type),
-                                          on_batch=lambda: progress.advance(task))
-                for mine, new in zip(samples, drawn):
-                    mine.extend(new)
+        task = progress.add_task("best-of-n pool (shards)", total=len(missing), visible=bool(missing))
+        for (eval_type, index, shard), samples in zip(missing, policy.map(_draw, draws)):
             write_jsonl(shard["path"], ({**p, "samples": s, "fingerprint": shard["fingerprint"]}
                                         for p, s in zip(shard["prompts"], samples)))
             shard["samples"] = samples
+            progress.advance(task)
     for shards in pools.values():
         for shard in shards:
             shard["hash"] = _hash([shard["prompts"], shard["samples"]])
@@ -223,23 +220,31 @@ def _scores(config: ExperimentConfig, run_dir: RunDir, out: Path, pools) -> dict
                 else:
                     todo.append((name, eval_type, index, path, key))
 
-    if todo:
-        models = build_reward_models(config, run_dir, sorted({name for name, *_ in todo}))
-        with progress_bar() as progress:
-            task = progress.add_task("score samples", total=len(todo))
-            for name, eval_type, index, path, key in todo:
-                shard = pools[eval_type][index]
-                conversations = [p["conversation"] for p in shard["prompts"] for _ in range(config.bon.n_max)]
-                responses = [(p["prefill"] or "") + s for p, samples in zip(shard["prompts"], shard["samples"])
-                             for s in samples]
-                size = config.bon.score_batch_size
-                got = np.concatenate([models[name].score(conversations[i:i + size], responses[i:i + size])
-                                      for i in range(0, len(responses), size)]).reshape(len(shard["prompts"]), -1)
-                atomic_write(path, json.dumps({"key": key, "scores": got.tolist()}))
-                scores[name, eval_type, index] = got
-                progress.advance(task)
+    def batches(name, eval_type, index):
+        shard = pools[eval_type][index]
+        conversations = [p["conversation"] for p in shard["prompts"] for _ in range(config.bon.n_max)]
+        responses = [(p["prefill"] or "") + s for p, samples in zip(shard["prompts"], shard["samples"])
+                     for s in samples]
+        size = config.bon.score_batch_size
+        return name, [(conversations[i:i + size], responses[i:i + size]) for i in range(0, len(responses), size)]
+
+    needed = sorted({name for name, *_ in todo})
+    with Workers(config, functools.partial(build_reward_models, config, run_dir.path.resolve(), needed)) as scorers, \
+            progress_bar() as progress:
+        task = progress.add_task("score samples", total=len(todo), visible=bool(todo))
+        work = (batches(name, eval_type, index) for name, eval_type, index, *_ in todo)
+        for (name, eval_type, index, path, key), got in zip(todo, scorers.map(_score, work)):
+            got = got.reshape(len(pools[eval_type][index]["prompts"]), -1)
+            atomic_write(path, json.dumps({"key": key, "scores": got.tolist()}))
+            scores[name, eval_type, index] = got
+            progress.advance(task)
     return {name: {t: np.concatenate([scores[name, t, i] for i in range(len(shards))]) for t, shards in pools.items()}
             for name in names}
+
+
+def _score(models: dict, work: tuple[str, list]) -> np.ndarray:
+    name, batches = work
+    return np.concatenate([models[name].score(conversations, responses) for conversations, responses in batches])
 
 
 def _spec(config: ExperimentConfig, name: str, chain: tuple[str, ...] = ()) -> dict:

@@ -116,28 +116,36 @@ def _generate(config: ExperimentConfig, model_cfg, sets: dict[str, list[dict]]) 
     """Replies for every set in `sets` from one loaded policy, released before returning."""
     generator = make_generator(model_cfg, config.policy.generation, config.compute.device)
     batch = config.policy.generation.batch_size
-    out = {}
+    batches = sum((2 if t == "are_you_sure" else 1) * math.ceil(len(r) / batch) for t, r in sets.items())
     with progress_bar() as progress:
-        for eval_type, records in sets.items():
-            turns = 2 if eval_type == "are_you_sure" else 1
-            task = progress.add_task(f"generate {eval_type}", total=turns * math.ceil(len(records) / batch))
-            advance = partial(progress.advance, task)
-            budget = config.eval.max_new_tokens.get(eval_type)
-            seed = derive_seed(config.seed, eval_type)
-            if eval_type == "are_you_sure":
-                out[eval_type] = _are_you_sure(generator, records, seed, budget, config.eval.are_you_sure_challenge,
-                                               advance)
-            else:
-                conversations, prefills = zip(*(to_chat(r["prompt"]) for r in records))
-                samples = generator.generate(conversations, 1, seed, prefills, max_new_tokens=budget,
-                                             on_batch=advance)
-                out[eval_type] = [s[0] for s in samples]
+        task = progress.add_task(f"generate {', '.join(sets)}", total=batches)
+        out = generate_replies(generator, config, sets, on_batch=partial(progress.advance, task))
     del generator
     gc.collect()
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    return out
+
+
+def generate_replies(generator: Generator, config: ExperimentConfig, sets: dict[str, list[dict]],
+                     on_batch=None) -> dict[str, list]:
+    """{type: replies} with the evaluation's prompts, prefills, reply budgets and seeds; for are_you_sure,
+    (first reply, reply to the challenge) pairs. Also used on the policy in training (PPO)."""
+    out = {}
+    for eval_type, records in sets.items():
+        budget = config.eval.max_new_tokens.get(eval_type)
+        seed = derive_seed(config.seed, eval_type)
+        if not records:
+            out[eval_type] = []
+        elif eval_type == "are_you_sure":
+            out[eval_type] = _are_you_sure(generator, records, seed, budget, config.eval.are_you_sure_challenge,
+                                           on_batch)
+        else:
+            conversations, prefills = zip(*(to_chat(r["prompt"]) for r in records))
+            samples = generator.generate(conversations, 1, seed, prefills, max_new_tokens=budget, on_batch=on_batch)
+            out[eval_type] = [s[0] for s in samples]
     return out
 
 

@@ -42,8 +42,7 @@ import torch
 from torch import nn
 
 from rlhf_syco.errors import UserError
-from rlhf_syco.config import GenerationConfig
-from rlhf_syco.generation import HFGenerator, derive_seed, to_chat
+from rlhf_syco.generation import HFGenerator, derive_seed, stop_token_ids
 from rlhf_syco.ppo import core
 from rlhf_syco.ppo.config import PPOConfig
 from rlhf_syco.progress import console, progress_bar
@@ -102,8 +101,7 @@ class PPOTrainer:
                             f"processes ({world})")
         self.local_batch, self.local_mini_batch = args.rollout_batch_size // world, args.mini_batch_size // world
         tokenizer.padding_side = "left"
-        # the evaluation's stop set: the tokenizer's and the model's EOS and any end-of-turn token
-        self.stop_ids = torch.tensor(HFGenerator(policy, tokenizer, GenerationConfig()).stop_ids)
+        self.stop_ids = torch.tensor(stop_token_ids(policy, tokenizer))  # the evaluation's stop set
 
         for model in (policy, value_model):  # dropout would make the PPO ratio noisy (TRL does the same)
             for module in model.modules():
@@ -448,12 +446,14 @@ class SycophancyEvaluation:
         """Every process generates the replies to its share of the records; the main process gets them all."""
         from accelerate.utils import gather_object
 
+        from rlhf_syco.evaluation.stage import generate_replies
+
         acc = trainer.accelerator
         rank, world = acc.process_index, acc.num_processes
         shares = {t: records[rank::world] for t, records in self.records.items()}
         with trainer.unwrapped_policy() as policy:
             generator = HFGenerator(policy, trainer.tokenizer, self.config.policy.generation)
-            generated = _eval_replies(generator, self.config, shares)
+            generated = generate_replies(generator, self.config, shares)
         out = {}
         for eval_type, replies in generated.items():
             numbered = gather_object([(rank + world * i, reply) for i, reply in enumerate(replies)])
@@ -507,25 +507,6 @@ class SycophancyEvaluation:
         for name, rows in (("ppo_curves.csv", curves), ("ppo_rewards.csv", rewards)):
             with atomic_path(self.results / name) as tmp:
                 pd.DataFrame(rows).to_csv(tmp, index=False)
-
-
-def _eval_replies(generator, config, sets: dict[str, list[dict]]) -> dict[str, list]:
-    """The evaluation stage's generation (`evaluation.stage._generate`) with a generator given."""
-    from rlhf_syco.evaluation.stage import _are_you_sure
-
-    out = {}
-    for eval_type, records in sets.items():
-        budget = config.eval.max_new_tokens.get(eval_type)
-        seed = derive_seed(config.seed, eval_type)
-        if not records:
-            out[eval_type] = []
-        elif eval_type == "are_you_sure":
-            out[eval_type] = _are_you_sure(generator, records, seed, budget, config.eval.are_you_sure_challenge, None)
-        else:
-            conversations, prefills = zip(*(to_chat(r["prompt"]) for r in records))
-            samples = generator.generate(conversations, 1, seed, prefills, max_new_tokens=budget)
-            out[eval_type] = [s[0] for s in samples]
-    return out
 
 
 def _finite(x):
@@ -628,10 +609,10 @@ def run(config, run_dir: RunDir | str | Path) -> dict:
     ppo, generation = config.ppo, config.policy.generation
     out = run_dir.stage("ppo")
     accelerator = make_accelerator(config, out / "logs")
-    with accelerator.main_process_first():  # a built-in model is converted into the cache once
-        policy, tokenizer = load_causal_lm(config.policy.model, "cpu")
-        ref_policy, _ = load_causal_lm(config.policy.model, "cpu")
-        value_model = load_value_model(config, run_dir, tokenizer)
+    # Every process loads at once: under ZeRO-3 loading is collective (zero.Init partitions as it builds).
+    policy, tokenizer = load_causal_lm(config.policy.model, "cpu")
+    ref_policy, _ = load_causal_lm(config.policy.model, "cpu")
+    value_model = load_value_model(config, run_dir, tokenizer)
     reward_models = build_reward_models(config, run_dir, list(dict.fromkeys([ppo.reward_model,
                                                                              *config.bon.reward_models])))
     train_prompts, heldout_prompts = rl_prompts(run_dir, tokenizer, ppo.max_prompt_tokens)
