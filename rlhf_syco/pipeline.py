@@ -103,7 +103,9 @@ def _run_with_retries(name: str, config, run_dir: RunDir, use_ray: bool) -> dict
             resources = stage_resources(name, config)
             if group_size(name, config) > 1:  # the task coordinates; its actors ask for the resources
                 resources = {"num_cpus": 0, "num_gpus": 0}
-            task = ray.remote(max_retries=0)(_stage_in_worker).options(name=f"stage-{name}", **resources)
+            # max_calls=1: the worker process exits after its stage, handing its memory back before the next
+            task = ray.remote(max_retries=0, max_calls=1)(_stage_in_worker).options(name=f"stage-{name}",
+                                                                                    **resources)
             return ray.get(task.remote(name, config, str(run_dir.path.resolve()), os.getcwd()))
         except UserError as e:
             raise getattr(e, "cause", e) from None  # Ray wraps it; show the user their error, not Ray's
