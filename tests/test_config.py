@@ -84,3 +84,8 @@ def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert len(lines) == 1 and "unknown key 'policy.modle' (did you mean 'model'?)" in lines[0]
     assert f"{p}:3" in lines[0]
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_unknown_stage_in_the_stage_list_is_named_with_its_line(tmp_path):
+    msg, p = _error(tmp_path, "name: x\nstages: [data, pm, evl]\n")
+    assert f"{p}:2" in msg and "unknown stage 'evl'" in msg and "did you mean 'eval'" in msg
