@@ -8,6 +8,7 @@ so padding is small, and scores are put back in the caller's order. The weights 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -70,8 +71,9 @@ class HFRewardModel(RewardModel):
         s = self.settings
         device = s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = AutoTokenizer.from_pretrained(s.path, revision=s.revision, trust_remote_code=s.trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            s.path, revision=s.revision, trust_remote_code=s.trust_remote_code, dtype=getattr(torch, s.dtype))
+        with _whole():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                s.path, revision=s.revision, trust_remote_code=s.trust_remote_code, dtype=getattr(torch, s.dtype))
         if model.config.num_labels != 1:
             raise ValueError(f"{s.path}: a preference model needs num_labels=1, found {model.config.num_labels}")
         if tokenizer.pad_token is None:
@@ -110,3 +112,22 @@ class HFRewardModel(RewardModel):
                 logits = model(**batch.to(model.device)).logits
                 scores[rows] = logits[:, 0].float().cpu().numpy()
         return scores
+
+
+@contextlib.contextmanager
+def _whole():
+    """Load unpartitioned even inside a ZeRO-3 run (PPO): transformers would otherwise build the model under
+    the run's `zero.Init`, and a reward model that each process scores with on its own must be whole."""
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        yield
+        return
+    ref = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    active = ref() if ref is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if active is not None:
+            hf_deepspeed.set_hf_deepspeed_config(active)

@@ -244,7 +244,17 @@ def test_deepspeed_zero_with_two_gloo_processes(tmp_path, zero):
 
     from rlhf_syco.models import resolve
 
-    config = tiny_config(tmp_path, f"zero{zero}", compute={"deepspeed_stage": zero}, steps=2, eval_every=2)
+    from rlhf_syco.config import ModelConfig
+    from rlhf_syco.models import load_sequence_classifier
+
+    # The reward is an `hf` PM: under ZeRO-3 it must still load whole in each process (not partitioned).
+    pm, pm_tokenizer = load_sequence_classifier(ModelConfig(name_or_path="tiny:decoder"))
+    pm.save_pretrained(tmp_path / "pm")
+    pm_tokenizer.save_pretrained(tmp_path / "pm")
+    data = tiny_config(tmp_path, f"zero{zero}", compute={"deepspeed_stage": zero}, steps=2, eval_every=2).dump()
+    data["reward_models"]["pm"] = {"type": "hf", "path": str(tmp_path / "pm")}
+    data["ppo"]["reward_model"] = "pm"
+    config = ExperimentConfig.model_validate(data)
     with_data(config)
     # (DeepSpeed compiles its CPU op once per session into conftest's private TORCH_EXTENSIONS_DIR.)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
