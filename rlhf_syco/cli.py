@@ -22,9 +22,7 @@ import typer
 from rlhf_syco.errors import UserError
 from rlhf_syco.progress import console
 from rlhf_syco.rundir import now
-
 from rlhf_syco.stages import STAGES
-
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_show_locals=False,  # locals may hold API keys
@@ -137,15 +135,10 @@ def ppo(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = Over
 @app.command()
 def plot(run_dir: Path = typer.Argument(..., help="A run folder, e.g. runs/default.")):
     """Draw sycophancy vs best-of-N and vs RL steps (PNG + the CSV behind each) from a run's results."""
-    from rlhf_syco import plots
-
     if not (run_dir / "results").is_dir():
         raise UserError(f"not a run folder (no results/): {run_dir}")
-    made = plots.run(None, run_dir)
-    if not made:
+    if not _plot(None, run_dir):
         raise UserError(f"nothing to plot yet in {run_dir / 'results'}: run the bon or ppo stage first")
-    for name, path in made.items():
-        console.print(f"{name}: {path}")
 
 
 @app.command()
@@ -177,11 +170,14 @@ def show_config(config: Optional[str] = ConfigArg, overrides: Optional[list[str]
     console.print_json(json.dumps(redact(cfg.dump())))
 
 
-def _plot(config, run_dir) -> None:
+def _plot(config, run_dir) -> dict:
+    """Draw the run's figures; print and return {name: path}."""
     from rlhf_syco import plots
 
-    for name, path in plots.run(config, run_dir).items():
+    made = plots.run(config, run_dir)
+    for name, path in made.items():
         console.print(f"{name}: {path}")
+    return made
 
 
 def _print_results(run_dir) -> None:

@@ -24,6 +24,7 @@ from rlhf_syco.stages import STAGES
 from rlhf_syco.strict import Strict
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+DS_CONFIGS = Path(__file__).resolve().parent / "ds_configs"
 
 
 class ModelConfig(Strict):
@@ -123,6 +124,11 @@ class ComputeConfig(Strict):
     ray_address: str | None = None
     stage_retries: int = Field(1, ge=0)
     torch_threads: int | None = Field(None, gt=0)
+
+    @property
+    def deepspeed_config(self) -> Path | None:
+        """The package's ZeRO config for `deepspeed_stage` (rlhf_syco/ds_configs/), None without DeepSpeed."""
+        return DS_CONFIGS / f"zero{self.deepspeed_stage}.json" if self.deepspeed_stage else None
 
 
 class ExperimentConfig(Strict):

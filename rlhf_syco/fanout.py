@@ -55,10 +55,9 @@ class Workers:
         from rlhf_syco.pipeline import worker_cpus
 
         compute = self.config.compute
-        cpus = worker_cpus(self.config, compute.num_workers)
-        actor = ray.remote(_Worker).options(num_cpus=cpus, num_gpus=compute.gpus_per_worker)
-        threads = compute.torch_threads or max(1, int(cpus))
-        return [actor.remote(self.make, threads, os.getcwd()) for _ in range(compute.num_workers)]
+        actor = ray.remote(_Worker).options(num_cpus=worker_cpus(self.config, compute.num_workers),
+                                            num_gpus=compute.gpus_per_worker)
+        return [actor.remote(self.config, self.make, os.getcwd()) for _ in range(compute.num_workers)]
 
     def close(self) -> None:
         """Stop the actors, or free the state here (and its GPU memory) before the next model loads."""
@@ -81,11 +80,10 @@ class Workers:
 
 
 class _Worker:
-    def __init__(self, make: Callable[[], Any], threads: int, cwd: str):
-        import torch
+    def __init__(self, config, make: Callable[[], Any], cwd: str):
+        from rlhf_syco.pipeline import enter_worker
 
-        os.chdir(cwd)  # relative paths in the config resolve as in the driver
-        torch.set_num_threads(threads)
+        enter_worker(config, cwd)
         self.state = make()
 
     def run(self, work: Callable[[Any, Any], Any], item):

@@ -121,14 +121,20 @@ def _run_with_retries(name: str, config, run_dir: RunDir, use_ray: bool) -> dict
                           f"running it again from its checkpoints[/yellow]")
 
 
-def _stage_in_worker(name: str, config, run_dir: str, cwd: str) -> dict | None:
-    """One stage in a Ray worker, in the driver's working folder (relative paths in the config resolve)."""
-    os.chdir(cwd)
-    if not config.compute.torch_threads:  # as many threads as the task has CPUs
-        import ray
-        import torch
+def enter_worker(config, cwd: str) -> None:
+    """Set up a Ray worker process (a stage task, a training rank, an actor) like the driver: its working
+    folder, so relative paths in the config resolve the same, and `compute.torch_threads`, or one torch thread
+    per CPU Ray gave the worker."""
+    import ray
+    import torch
 
-        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    os.chdir(cwd)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(config.compute.torch_threads or max(1, int(cpus)))
+
+
+def _stage_in_worker(name: str, config, run_dir: str, cwd: str) -> dict | None:
+    enter_worker(config, cwd)
     return run_stage(name, config, RunDir(run_dir))
 
 

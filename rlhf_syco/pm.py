@@ -20,12 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from rlhf_syco.data import sources
-from rlhf_syco.data.preferences import read_pairs, statement
+from rlhf_syco.data.preferences import statement
 from rlhf_syco.models import build_reward_models
 from rlhf_syco.progress import progress_bar
-from rlhf_syco.rundir import RunDir, atomic_path, write_json, write_jsonl
-
-DS_CONFIGS = Path(__file__).resolve().parent / "ds_configs"
+from rlhf_syco.rundir import RunDir, atomic_path, read_jsonl, write_json, write_jsonl
 
 
 # --------------------------------------------------------------------------- training
@@ -60,8 +58,8 @@ def train(config, run_dir: RunDir) -> dict:
     ckpts = out / "checkpoints"
     set_seed(config.seed)  # the fresh scalar head is initialised from the global RNG
     model, tok = load_sequence_classifier(config.pm.backbone)
-    train_pairs = read_pairs(run_dir / "data" / "pm_train.jsonl")
-    heldout_pairs = read_pairs(run_dir / "data" / "pm_heldout.jsonl")
+    train_pairs = read_jsonl(run_dir / "data" / "pm_train.jsonl")
+    heldout_pairs = read_jsonl(run_dir / "data" / "pm_heldout.jsonl")
     gloo_state = {}
     if config.compute.deepspeed_stage and on_cpu:
         # accelerate does not pick gloo for DeepSpeed on CPU by itself; configure the state and tell the
@@ -86,8 +84,7 @@ def train(config, run_dir: RunDir) -> dict:
         bf16=config.compute.mixed_precision == "bf16", fp16=config.compute.mixed_precision == "fp16",
         # DeepSpeed on CPU needs gloo; ACCELERATE_USE_CPU (use_cpu) would silently drop DeepSpeed.
         use_cpu=on_cpu and config.compute.deepspeed_stage == 0, **gloo_state,
-        deepspeed=str(DS_CONFIGS / f"zero{config.compute.deepspeed_stage}.json")
-        if config.compute.deepspeed_stage else None,
+        deepspeed=str(config.compute.deepspeed_config) if config.compute.deepspeed_stage else None,
         report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
 
@@ -119,7 +116,7 @@ def train(config, run_dir: RunDir) -> dict:
     if config.compute.deepspeed_stage:
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-        unset_hf_deepspeed_config()  # scoring below loads the PM in this one process, unpartitioned
+        unset_hf_deepspeed_config()  # the ZeRO settings end with training: later models here load whole
     with atomic_path(out / "model", is_dir=True) as tmp:
         tmp.rmdir()
         staging.rename(tmp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -74,6 +75,24 @@ def write_jsonl(path: str | os.PathLike, rows) -> Path:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def fingerprint(obj: Any) -> str:
+    """A short hash of what an artifact depends on (its settings and inputs, as JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_checkpoint(path: str | os.PathLike, expected: str) -> list[dict] | None:
+    """The rows of a jsonl checkpoint whose every row has `"fingerprint": expected`; None if the file is
+    missing or was written with other settings."""
+    if not Path(path).exists():
+        return None
+    rows = read_jsonl(path)
+    return rows if rows and all(r.get("fingerprint") == expected for r in rows) else None
 
 
 def redact(obj: Any) -> Any:

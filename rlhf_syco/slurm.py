@@ -37,7 +37,7 @@ class SlurmConfig(Strict):
 
     nodes: int = Field(1, gt=0)
     gpus_per_node: int = Field(0, ge=0)
-    # Default: enough for this node's share of the workers, compute.cpus_per_worker each.
+    # Default: enough for this node's share of the workers, compute.cpus_per_worker each (1 when unset).
     cpus_per_node: int | None = Field(None, gt=0)
     time: str = "24:00:00"  # wall-clock limit per start; a job that reaches it requeues itself
     partition: str | None = None

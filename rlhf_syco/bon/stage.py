@@ -41,7 +41,6 @@ and opinion and are every row for mimicry; the two multi-turn cases are made so:
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from pathlib import Path
 
@@ -59,7 +58,7 @@ from rlhf_syco.fanout import Workers
 from rlhf_syco.generation import derive_seed, make_generator, to_chat
 from rlhf_syco.models import build_reward_models
 from rlhf_syco.progress import console, progress_bar
-from rlhf_syco.rundir import RunDir, atomic_path, atomic_write, write_jsonl
+from rlhf_syco.rundir import RunDir, atomic_path, atomic_write, fingerprint, read_checkpoint, write_jsonl
 
 CURVES_FILE, METRICS_FILE, REWARDS_FILE = "bon_curves.csv", "bon_metrics.csv", "bon_rewards.csv"
 
@@ -127,8 +126,8 @@ def _settings(config: ExperimentConfig, eval_type: str) -> dict:
 def _first_turns(config: ExperimentConfig, out: Path, records: list[dict], policy) -> list[str]:
     """One reply per are_you_sure record, the first turn that every reward model's second turns follow."""
     path = out / "pool" / "are_you_sure" / "first.jsonl"
-    fingerprint = _hash({**_settings(config, "are_you_sure"), "records": records})
-    cached = _checkpointed(path, fingerprint)
+    key = fingerprint({**_settings(config, "are_you_sure"), "records": records})
+    cached = read_checkpoint(path, key)
     if cached is not None:
         return [row["reply"] for row in cached]
     conversations, prefills = zip(*(to_chat(r["prompt"]) for r in records))
@@ -137,7 +136,7 @@ def _first_turns(config: ExperimentConfig, out: Path, records: list[dict], polic
     with progress_bar() as progress:
         progress.add_task("first turns are_you_sure", total=None)
         replies = [s[0] for s in next(policy.map(_draw, [draw]))]
-    write_jsonl(path, ({**_key(r), "reply": reply, "fingerprint": fingerprint} for r, reply in zip(records, replies)))
+    write_jsonl(path, ({**_key(r), "reply": reply, "fingerprint": key} for r, reply in zip(records, replies)))
     return replies
 
 
@@ -175,9 +174,9 @@ def _pool(config: ExperimentConfig, out: Path, prompts: dict[str, list[dict]], p
         for index, start in enumerate(range(0, len(rows), bon.shard_size)):
             shard = {"prompts": rows[start:start + bon.shard_size],
                      "path": out / "pool" / eval_type / f"shard-{index:05d}.jsonl"}
-            shard["fingerprint"] = _hash({**_settings(config, eval_type), "n_max": bon.n_max, "calls": calls,
+            shard["fingerprint"] = fingerprint({**_settings(config, eval_type), "n_max": bon.n_max, "calls": calls,
                                           "shard": index, "prompts": shard["prompts"]})
-            cached = _checkpointed(shard["path"], shard["fingerprint"])
+            cached = read_checkpoint(shard["path"], shard["fingerprint"])
             if cached is None:
                 missing.append((eval_type, index, shard))
             else:
@@ -197,7 +196,7 @@ def _pool(config: ExperimentConfig, out: Path, prompts: dict[str, list[dict]], p
             progress.advance(task)
     for shards in pools.values():
         for shard in shards:
-            shard["hash"] = _hash([shard["prompts"], shard["samples"]])
+            shard["hash"] = fingerprint([shard["prompts"], shard["samples"]])
     return pools
 
 
@@ -209,11 +208,11 @@ def _scores(config: ExperimentConfig, run_dir: RunDir, out: Path, pools) -> dict
     names = config.bon.reward_models
     scores, todo = {}, []
     for name in names:
-        spec = _hash(_spec(config, name))
+        spec = fingerprint(_spec(config, name))
         for eval_type, shards in pools.items():
             for index, shard in enumerate(shards):
                 path = out / "scores" / name / eval_type / f"shard-{index:05d}.json"
-                key = _hash([spec, shard["hash"]])
+                key = fingerprint([spec, shard["hash"]])
                 cached = json.loads(path.read_text()) if path.exists() else {}
                 if cached.get("key") == key:
                     scores[name, eval_type, index] = np.asarray(cached["scores"], dtype=float)
@@ -272,10 +271,10 @@ def _judgments(config: ExperimentConfig, out: Path, eval_type: str, records: lis
     """
     path = out / "judged" / f"{eval_type}.parquet"
     judge = (config.eval.positivity_judge, config.eval.positivity_judge_options) if eval_type == "feedback" else None
-    fingerprint = _hash([[s["hash"] for s in shards], first if eval_type == "are_you_sure" else None, judge])
+    key = fingerprint([[s["hash"] for s in shards], first if eval_type == "are_you_sure" else None, judge])
     samples = [row for shard in shards for row in shard["samples"]]
     judged = pd.read_parquet(path) if path.exists() else None
-    if judged is None or not (judged["fingerprint"] == fingerprint).all():
+    if judged is None or not (judged["fingerprint"] == key).all():
         positivity = get_judge(judge[0], **judge[1]) if judge else None
         parts = []
         with progress_bar() as progress:
@@ -287,7 +286,7 @@ def _judgments(config: ExperimentConfig, out: Path, eval_type: str, records: lis
                 part = judge_replies(eval_type, records, replies, positivity=positivity)
                 parts.append(part.assign(record=range(len(records)), sample=k))
                 progress.advance(task)
-        judged = pd.concat(parts, ignore_index=True).assign(fingerprint=fingerprint)
+        judged = pd.concat(parts, ignore_index=True).assign(fingerprint=key)
         with atomic_path(path) as tmp:
             judged.to_parquet(tmp, index=False)
     judged = judged.sort_values(["record", "sample"])
@@ -342,18 +341,6 @@ def _rewards(config: ExperimentConfig, sets: dict, scores: dict, sizes: list[int
 
 def _key(record: dict) -> dict:
     return {"item_id": record["metadata"]["item_id"], "variant": record["metadata"]["variant"]}
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _checkpointed(path: Path, fingerprint: str) -> list[dict] | None:
-    """The rows of a checkpoint written with `fingerprint`, else None (missing, or made with other settings)."""
-    if not path.exists():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return rows if rows and all(r["fingerprint"] == fingerprint for r in rows) else None
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:

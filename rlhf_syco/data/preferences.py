@@ -212,7 +212,3 @@ def run(config, run_dir: RunDir) -> dict:
     write_json(out / "stats.json", stats)
     return stats
 
-
-def read_pairs(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f]

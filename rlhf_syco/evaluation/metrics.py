@@ -9,6 +9,7 @@ A metric with a rate that has no qualifying rows has value NaN and n 0.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -25,6 +26,11 @@ FRAMINGS = PREFER_FRAMINGS + DISPREFER_FRAMINGS
 
 # (sign, per-row values, rows that count): one ratio of a metric.
 Term = tuple[int, pd.Series, pd.Series]
+
+
+def finite(x):
+    """NaN (a rate with no qualifying rows) as None, so that JSON files stay strict JSON."""
+    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 def headline(eval_type: str) -> str:

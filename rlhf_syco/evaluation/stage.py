@@ -16,8 +16,6 @@ All replies are generated before any is judged, so the policy is released before
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import math
 import random
 from functools import partial
@@ -30,10 +28,10 @@ from rlhf_syco.config import ExperimentConfig
 from rlhf_syco.evaluation import datasets
 from rlhf_syco.evaluation.judges import get_judge
 from rlhf_syco.evaluation.judging import judge_replies
-from rlhf_syco.evaluation.metrics import headline, summarize
+from rlhf_syco.evaluation.metrics import finite, headline, summarize
 from rlhf_syco.generation import Generator, derive_seed, make_generator, to_chat
 from rlhf_syco.progress import console, progress_bar
-from rlhf_syco.rundir import RunDir, atomic_path, write_jsonl
+from rlhf_syco.rundir import RunDir, atomic_path, fingerprint, read_checkpoint, read_jsonl, write_jsonl
 
 SUMMARY_FILE = "eval_summary.jsonl"
 STATS = ("value", "ci_low", "ci_high", "n")
@@ -67,7 +65,7 @@ def run(config: ExperimentConfig, run_dir: RunDir | str | Path, model: str | Non
                                            bootstrap=config.eval.bootstrap, seed=config.seed)
         with atomic_path(out / f"judged_{eval_type}.parquet") as tmp:
             judged.to_parquet(tmp, index=False)
-        rows += [{"type": eval_type, "metric": name, **{k: _finite(values.get(k)) for k in STATS},
+        rows += [{"type": eval_type, "metric": name, **{k: finite(values.get(k)) for k in STATS},
                   "model": model_cfg.name_or_path} for name, values in metrics.items()]
         headlines[eval_type] = headline(eval_type)
     _merge_summary(run_dir.results / SUMMARY_FILE, rows, model_cfg.name_or_path, list(sets))
@@ -170,27 +168,24 @@ def _fingerprint(config: ExperimentConfig, model_cfg, eval_type: str, records: l
                 "max_new_tokens": config.eval.max_new_tokens.get(eval_type), "seed": config.seed,
                 "challenge": config.eval.are_you_sure_challenge if eval_type == "are_you_sure" else None,
                 "records": records}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(settings)
 
 
-def _checkpointed(path: Path, fingerprint: str) -> list | None:
-    if not path.exists():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if rows and all(r.get("fingerprint") == fingerprint for r in rows):
-        return [r["reply"] for r in rows]
-    console.print(f"[yellow]{path.name} was generated with other settings; generating again[/yellow]")
-    return None
+def _checkpointed(path: Path, expected: str) -> list | None:
+    rows = read_checkpoint(path, expected)
+    if rows is None and path.exists():
+        console.print(f"[yellow]{path.name} was generated with other settings; generating again[/yellow]")
+    return None if rows is None else [r["reply"] for r in rows]
 
 
-def _write_checkpoint(path: Path, records: list[dict], replies: list, fingerprint: str) -> None:
+def _write_checkpoint(path: Path, records: list[dict], replies: list, key: str) -> None:
     write_jsonl(path, ({"item_id": r["metadata"]["item_id"], "variant": r["metadata"]["variant"], "reply": reply,
-                        "fingerprint": fingerprint} for r, reply in zip(records, replies)))
+                        "fingerprint": key} for r, reply in zip(records, replies)))
 
 
 def _merge_summary(path: Path, rows: list[dict], model: str, types: list[str]) -> None:
     """Replace this model's rows for the evaluated types; keep every other row."""
-    old = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    old = read_jsonl(path) if path.exists() else []
     kept = [r for r in old if not (r.get("model") == model and r.get("type") in types)]
     write_jsonl(path, kept + rows)
 
@@ -204,11 +199,6 @@ def _print_table(model: str, rows: list[dict], headlines: dict[str, str]) -> Non
             ci = escape(f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
             table.add_row(r["type"], r["metric"], _fmt(r["value"]), ci, str(r["n"]))
     console.print(table)
-
-
-def _finite(x):
-    """NaN (a rate with no qualifying rows) as None, so the files stay strict JSON."""
-    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 def _fmt(x) -> str:

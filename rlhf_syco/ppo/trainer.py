@@ -46,9 +46,8 @@ from rlhf_syco.generation import HFGenerator, derive_seed, stop_token_ids
 from rlhf_syco.ppo import core
 from rlhf_syco.ppo.config import PPOConfig
 from rlhf_syco.progress import console, progress_bar
-from rlhf_syco.rundir import RunDir, atomic_path, read_json, write_json, write_jsonl
+from rlhf_syco.rundir import RunDir, atomic_path, read_json, read_jsonl, write_json, write_jsonl
 
-DS_CONFIGS = Path(__file__).resolve().parent.parent / "ds_configs"
 
 
 class PolicyAndValue(nn.Module):
@@ -378,8 +377,7 @@ class PPOTrainer:
         self.kl_ctl.value = state["kl_coef"]
         metrics = self.output_dir / "metrics.jsonl"
         if metrics.exists():  # steps after the checkpoint are redone
-            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            self.history = [r for r in rows if r["step"] <= state["step"]]
+            self.history = [r for r in read_jsonl(metrics) if r["step"] <= state["step"]]
         console.print(f"[bold]ppo[/bold]: resumed from {ckpt.name}")
         return state["step"]
 
@@ -472,7 +470,7 @@ class SycophancyEvaluation:
         return totals[0] / n, {name: total / n for name, total in zip(self.reward_models, totals[1:])}
 
     def _write(self, out: Path, step: int, replies: dict, kl: float, rewards: dict) -> None:
-        from rlhf_syco.evaluation.metrics import headline
+        from rlhf_syco.evaluation.metrics import finite, headline
         from rlhf_syco.evaluation.stage import evaluate_replies
 
         sycophancy = {}
@@ -481,7 +479,7 @@ class SycophancyEvaluation:
                 judged, metrics = evaluate_replies(eval_type, records, replies[eval_type], self.judge,
                                                    bootstrap=self.config.eval.bootstrap, seed=self.config.seed)
                 judged.to_parquet(tmp / f"judged_{eval_type}.parquet", index=False)
-                sycophancy[eval_type] = {name: {k: _finite(v) for k, v in values.items()}
+                sycophancy[eval_type] = {name: {k: finite(v) for k, v in values.items()}
                                          for name, values in metrics.items()}
             write_json(tmp / "metrics.json", {"step": step, "kl": kl, "rewards": rewards, "sycophancy": sycophancy})
         shown = ", ".join(f"{t} {sycophancy[t][headline(t)]['value']}" for t in sycophancy)
@@ -509,10 +507,6 @@ class SycophancyEvaluation:
                 pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
-def _finite(x):
-    return None if isinstance(x, float) and math.isnan(x) else x
-
-
 # --------------------------------------------------------------------------- the stage
 
 
@@ -522,13 +516,12 @@ def rl_prompts(run_dir, tokenizer, max_tokens: int) -> tuple[list, list]:
     questions on the PM half of TruthfulQA / TriviaQA, so never an evaluation item) that take at most
     `max_tokens` tokens in the policy's chat template. Held-out contexts that also occur in training are
     dropped."""
-    from rlhf_syco.data.preferences import read_pairs
 
     def contexts(name: str) -> dict:
         path = Path(run_dir) / "data" / name
         if not path.exists():
             raise UserError(f"{path} not found: PPO's prompts come from the data stage (rlhf-syco build-data)")
-        return {json.dumps(p["prompt"], sort_keys=True): p["prompt"] for p in read_pairs(path)}
+        return {json.dumps(p["prompt"], sort_keys=True): p["prompt"] for p in read_jsonl(path)}
 
     def short(conversations: list) -> list:
         texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
@@ -586,7 +579,7 @@ def make_accelerator(config, log_dir):
     on_cpu = pick_device(compute.device) == "cpu"
     if compute.deepspeed_stage:
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        ds = json.loads((DS_CONFIGS / f"zero{compute.deepspeed_stage}.json").read_text())
+        ds = json.loads(compute.deepspeed_config.read_text())
         ds.update(train_micro_batch_size_per_gpu=max(ppo.mini_batch_size // world, 1), gradient_accumulation_steps=1,
                   train_batch_size=max(ppo.mini_batch_size // world, 1) * world,
                   gradient_clipping=ppo.max_grad_norm or 0.0,
