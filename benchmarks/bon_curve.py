@@ -22,7 +22,7 @@ import torch
 from rlhf_syco.bon.estimator import best_of_n
 from rlhf_syco.bon.stage import report_sizes
 from rlhf_syco.config import ModelConfig, load_config
-from rlhf_syco.evaluation import datasets
+from rlhf_syco.evaluation.tasks import get_task
 from rlhf_syco.generation import make_generator, to_chat
 from rlhf_syco.models import load_sequence_classifier
 
@@ -45,7 +45,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     config = load_config(None, [f"policy.generation.max_new_tokens={args.max_new_tokens}", "compute.device=cpu"])
-    records = (datasets.build("answer", args.prompts, 0) + datasets.build("opinion", args.prompts, 0))[:args.prompts]
+    records = (get_task("answer").build(args.prompts, 0) + get_task("opinion").build(args.prompts, 0))[:args.prompts]
     conversations, prefills = map(list, zip(*(to_chat(r["prompt"]) for r in records)))
     policy = make_generator(config.policy.model, config.policy.generation, "cpu")
     pm = reward_model(args.pm)

@@ -15,7 +15,7 @@ import time
 import torch
 
 from rlhf_syco.config import load_config
-from rlhf_syco.evaluation import datasets
+from rlhf_syco.evaluation.tasks import get_task
 from rlhf_syco.generation import HFGenerator, derive_seed, to_chat
 from rlhf_syco.models import load_causal_lm
 
@@ -50,7 +50,7 @@ def main() -> None:
     config = load_config(args.config)
     model, tokenizer = load_causal_lm(config.policy.model, "cpu")
     generator = HFGenerator(model, tokenizer, config.policy.generation.model_copy(update={"temperature": 1.0}))
-    records = [r for t in args.types.split(",") for r in datasets.build(t, args.items, config.seed)]
+    records = [r for t in args.types.split(",") for r in get_task(t).build(args.items, config.seed)]
     conversations, prefills = zip(*(to_chat(r["prompt"]) for r in records))
     times, samples = {}, {}
     for name in ("shared cache", "num_return_sequences", "shared cache"):  # ours twice: warm-up noise shows

@@ -15,6 +15,7 @@ from reward_models.base import (
     build_all,
     format_conversation,
     register,
+    resolved_spec,
     validate_spec,
 )
 from reward_models import callable_rm, ensemble, hf, http, prompted  # noqa: F401  (importing registers the backends)
@@ -32,6 +33,7 @@ __all__ = [
     "encode_for_pm",
     "format_conversation",
     "register",
+    "resolved_spec",
     "serve",
     "validate_spec",
 ]

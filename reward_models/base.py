@@ -18,14 +18,13 @@ Nothing here imports torch or transformers: configs are validated before any hea
 from __future__ import annotations
 
 import abc
-import difflib
-import importlib
-import importlib.metadata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rlhf_syco.registry import Registry, import_object, suggest as _suggest  # noqa: F401  (callable_rm imports it here)
 
 ENTRY_POINT_GROUP = "rlhf_syco.reward_models"
 
@@ -71,7 +70,7 @@ class Options(BaseModel):
     references: ClassVar[tuple[str, ...]] = ()
 
 
-_REGISTRY: dict[str, Callable[..., RewardModel]] = {}
+REWARD_MODELS = Registry("reward model type", ENTRY_POINT_GROUP)
 
 
 def register(name: str, options: type[BaseModel]):
@@ -79,15 +78,14 @@ def register(name: str, options: type[BaseModel]):
 
     def decorate(factory):
         factory.options = options
-        _REGISTRY[name] = factory
-        return factory
+        return REWARD_MODELS.register(name)(factory)
 
     return decorate
 
 
 def available() -> list[str]:
     """Every name usable as a spec's `type` (besides `module:attr` paths): registered, then entry points."""
-    return list(_REGISTRY) + sorted(set(_entry_points()) - set(_REGISTRY))
+    return REWARD_MODELS.names()
 
 
 # --------------------------------------------------------------------------- text formatting
@@ -126,48 +124,14 @@ def format_conversation(tokenizer, conversation: Sequence[Message], response: st
 # --------------------------------------------------------------------------- resolving types
 
 
-def import_object(path: str) -> Any:
-    """`package.module:attr.sub` -> the object, or a one-line ValueError saying what could not be found."""
-    module_name, _, attr_path = path.partition(":")
-    if not module_name or not attr_path:
-        raise ValueError(f"{path!r} is not a 'module:attr' path")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"cannot import {path!r}: {e}") from None
-    for attr in attr_path.split("."):
-        if not hasattr(obj, attr):
-            raise ValueError(f"cannot import {path!r}: {type(obj).__name__} {obj.__name__!r} has no {attr!r}")
-        obj = getattr(obj, attr)
-    return obj
-
-
-def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    found: dict[str, importlib.metadata.EntryPoint] = {}
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(entry_point.name, entry_point)
-    return found
-
-
 def _factory(type_name: Any) -> Callable[..., RewardModel]:
     """Registered backends win over entry points of the same name; `module:attr` paths come last."""
     if not isinstance(type_name, str) or not type_name:
         raise ValueError(f"reward model 'type' must be a non-empty string (got {type_name!r})")
-    if type_name in _REGISTRY:
-        return _REGISTRY[type_name]
-    entry_point = _entry_points().get(type_name)
-    if entry_point is not None:
-        try:
-            return entry_point.load()
-        except Exception as e:
-            raise ValueError(f"reward model type {type_name!r}: cannot load entry point "
-                             f"{entry_point.value!r}: {type(e).__name__}: {e}") from None
-    if ":" in type_name:
-        factory = import_object(type_name)
-        if not callable(factory):
-            raise ValueError(f"reward model type {type_name!r} is a {type(factory).__name__}, not a factory")
-        return factory
-    raise ValueError(f"unknown reward model type {type_name!r}{_suggest(type_name, available())}")
+    factory = REWARD_MODELS.get(type_name)
+    if not callable(factory):
+        raise ValueError(f"reward model type {type_name!r} is a {type(factory).__name__}, not a factory")
+    return factory
 
 
 def _options_model(factory) -> type[BaseModel] | None:
@@ -179,11 +143,6 @@ def _split(spec: Any) -> tuple[str, dict[str, Any]]:
     if not isinstance(spec, Mapping) or "type" not in spec:
         raise ValueError(f"a reward model spec must be a mapping with a 'type' key (got {spec!r})")
     return spec["type"], {k: v for k, v in spec.items() if k != "type"}
-
-
-def _suggest(name: Any, choices) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _references(options_model: type[BaseModel] | None, options: Mapping[str, Any]):
@@ -308,6 +267,32 @@ def build_all(specs: Mapping[str, Mapping[str, Any]], context: Mapping[str, Any]
     for name in specs:
         visit(name, [])
     return built
+
+
+def resolved_spec(specs: Mapping[str, Mapping[str, Any]], name: str) -> dict[str, Any]:
+    """`specs[name]` with every reward model it refers to through a declared reference (its backend's
+    `references`, by name or inline) replaced by that model's resolved spec: what its scores depend on, so a
+    changed base model also changes the fingerprint of the models built on it."""
+
+    def resolve(spec: Mapping[str, Any], chain: tuple[str, ...]) -> dict[str, Any]:
+        type_name, options = _split(spec)
+        fields = getattr(_options_model(_factory(type_name)), "references", ())
+        out = {"type": type_name, **options}
+        for field in fields:
+            if field in options:
+                value = options[field]
+                refs = [expand(ref, chain) for ref in (value if isinstance(value, list) else [value])]
+                out[field] = refs if isinstance(value, list) else refs[0]
+        return out
+
+    def expand(ref: Any, chain: tuple[str, ...]) -> Any:
+        if isinstance(ref, str):
+            if ref in chain:
+                raise ValueError("reward models refer to each other in a cycle: " + " -> ".join([*chain, ref]))
+            return resolve(specs[ref], (*chain, ref))
+        return resolve(ref, chain) if isinstance(ref, Mapping) else ref
+
+    return resolve(specs[name], (name,))
 
 
 def _named_dependencies(spec: Mapping[str, Any]):

@@ -114,6 +114,20 @@ def evaluate(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] =
     _stages(["eval"], cfg, run_dir)
 
 
+@app.command("judge-check")
+def judge_check(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
+                judge: Optional[list[str]] = typer.Option(None, "--judge", help="Only this check (repeatable): "
+                                                          "answer, are_you_sure, mimicry, feedback, opinion.")):
+    """Each judge's accuracy, precision and recall against the hand-labelled validation set, with 95% CIs."""
+    from rlhf_syco.evaluation import judge_check as checks
+    from rlhf_syco.rundir import RunDir
+
+    cfg = _load(config, overrides)
+    run_dir = RunDir(cfg.run_dir)
+    checks.run(cfg, run_dir, judge or None)
+    console.print(f"results: {run_dir.results / 'judge_check.json'}")
+
+
 @app.command()
 def bon(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, force: list[str] = ForceOpt):
     """Best-of-N: one sample pool per prompt, scored by every reward model, exact curves for every n."""

@@ -6,18 +6,27 @@ ending with a user turn), an optional text per conversation that the assistant t
 what the model writes after it), and returns `n` replies per conversation. Backends are registered by name
 (`policy.generation.backend`): `hf` runs transformers' `generate`; `vllm` is reserved.
 
-Reproducibility: every batch draws from a torch RNG seeded with `derive_seed(seed, batch_index)` inside a forked
-RNG state, so a batch's samples depend only on the seed, its index and its prompts, never on what ran before
-(and the caller's RNG is left untouched). Temperature 0 means greedy decoding.
+This module is the one place that turns conversations into prompt text (`render_prompts`: the chat template plus
+an optional prefill) and prompt tokens into sampled reply tokens (`sample_tokens`). `HFGenerator` decodes the
+tokens it samples; PPO's rollout (`rlhf_syco/ppo/rollout.py`) keeps them.
+
+Reproducibility: sampling runs inside a forked RNG state, so the caller's RNG is left untouched. `HFGenerator`
+seeds every batch with `derive_seed(seed, batch_index)`, so a batch's samples depend only on the seed, its index
+and its prompts, never on what ran before; PPO seeds once before its first batch (`seed_per_batch=False`).
+Temperature 0 means greedy decoding.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
 from rlhf_syco.config import GenerationConfig, ModelConfig
 from rlhf_syco.errors import UserError
+from rlhf_syco.registry import PluginError, Registry
+
+if TYPE_CHECKING:
+    import torch
 
 Conversation = list[dict]
 # End-of-turn markers of common chat templates (ChatML, Llama 3, Gemma, Phi); whichever the vocabulary has
@@ -33,22 +42,18 @@ class Generator(Protocol):
         ...
 
 
-BACKENDS: dict[str, Callable[[ModelConfig, GenerationConfig, str], Generator]] = {}
-
-
-def register_backend(name: str):
-    """`@register_backend("name")` on a factory `(model_cfg, generation_cfg, device) -> Generator`."""
-    def decorate(factory):
-        BACKENDS[name] = factory
-        return factory
-    return decorate
+# Factories `(model_cfg, generation_cfg, device) -> Generator`; packages add backends as `rlhf_syco.generators`
+# entry points.
+BACKENDS = Registry("generation backend", "rlhf_syco.generators")
+register_backend = BACKENDS.register
 
 
 def make_generator(model_cfg: ModelConfig, generation_cfg: GenerationConfig, device: str = "auto") -> Generator:
-    if generation_cfg.backend not in BACKENDS:
-        raise UserError(f"unknown generation backend {generation_cfg.backend!r}; known: {', '.join(BACKENDS)}",
-                        "policy.generation.backend")
-    return BACKENDS[generation_cfg.backend](model_cfg, generation_cfg, device)
+    try:
+        factory = BACKENDS.get(generation_cfg.backend)
+    except PluginError as e:
+        raise UserError(str(e), "policy.generation.backend") from None
+    return factory(model_cfg, generation_cfg, device)
 
 
 def derive_seed(*parts) -> int:
@@ -74,6 +79,82 @@ def stop_token_ids(model, tokenizer) -> list[int]:
                   {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab})
 
 
+def render_prompts(tokenizer, conversations: Sequence[Conversation],
+                   prefill: Sequence[str | None] | None = None) -> list[str]:
+    """Each conversation in the tokenizer's chat template, ending with the assistant's generation prompt, then
+    its prefill (the text the reply continues), if any."""
+    prefill = list(prefill) if prefill is not None else [None] * len(conversations)
+    if len(prefill) != len(conversations):
+        raise ValueError(f"{len(prefill)} prefills for {len(conversations)} conversations")
+    return [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) + (p or "")
+            for c, p in zip(conversations, prefill)]
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of rendered prompts, left padded to the longest (the template already holds
+    any BOS token, hence no special tokens added)."""
+    batch = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def sample_tokens(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, max_new_tokens: int,
+                  stop_ids: Sequence[int], pad_token_id: int, temperature: float, top_p: float = 1.0, n: int = 1,
+                  seed: int = 0, seed_per_batch: bool = True,
+                  on_batch: Callable[[], None] | None = None) -> torch.Tensor:
+    """Reply token ids for `batches` of left-padded prompts (input_ids, attention_mask), one `generate` call a
+    batch: (prompts * n, longest reply), the n samples of a prompt in consecutive rows, each row padded with
+    `pad_token_id` after its stop token (or its last token). Sampling uses the temperature and top-p given (top-k
+    off; top_p 1 is the full distribution); temperature 0 is greedy.
+
+    Seeding, in an RNG state forked from the caller's: `seed_per_batch` seeds each batch with
+    `derive_seed(seed, batch_index)` (batches independent of one another); otherwise `seed` seeds the RNG once
+    before the first batch and the batches share one stream. With n > 1 each prompt's KV cache is computed once
+    and copied (`_shared_prefix`), which draws the same samples as `num_return_sequences`."""
+    import torch
+    from torch import nn
+
+    sampling = temperature > 0
+    options = dict(max_new_tokens=max_new_tokens, do_sample=sampling, eos_token_id=list(stop_ids),
+                   pad_token_id=pad_token_id, use_cache=True)
+    if sampling:
+        options.update(temperature=temperature, top_p=top_p, top_k=0)
+    device = model.device
+    chunks = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        if not seed_per_batch:
+            torch.manual_seed(seed)
+        for index, (input_ids, attention_mask) in enumerate(batches):
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if n > 1 and input_ids.shape[1] > 1:
+                batch = _shared_prefix(model, batch, n)
+            if seed_per_batch:
+                torch.manual_seed(derive_seed(seed, index))
+            out = model.generate(**batch, **options)
+            chunks.append(out[:, input_ids.shape[1]:])
+            if on_batch:
+                on_batch()
+    if not chunks:
+        return torch.empty(0, 0, dtype=torch.long, device=device)
+    length = max(c.shape[1] for c in chunks)
+    return torch.cat([nn.functional.pad(c, (0, length - c.shape[1]), value=pad_token_id) for c in chunks])
+
+
+def _shared_prefix(model, batch: dict, n: int) -> dict:
+    """The batch with each prompt repeated n times and its KV cache computed once and copied, instead of
+    `num_return_sequences`, which runs the prompt through the model n times. All but the last prompt token are
+    cached (generate needs one uncached token to start from); positions follow left padding as in generate."""
+    from transformers import DynamicCache
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+          past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(n)
+    return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0),
+            "past_key_values": cache}
+
+
 class HFGenerator:
     """transformers `generate` with the KV cache, left padding and `generation.batch_size` prompts a batch."""
 
@@ -86,55 +167,21 @@ class HFGenerator:
 
     def prompt_text(self, conversation: Conversation, prefill: str | None = None) -> str:
         """The chat template with the assistant's generation prompt, then the prefill, if any."""
-        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-        return text + (prefill or "")
+        return render_prompts(self.tokenizer, [conversation], [prefill])[0]
 
     def generate(self, conversations, n=1, seed=0, prefill=None, *, max_new_tokens=None, on_batch=None):
-        import torch
-
-        prefill = list(prefill) if prefill is not None else [None] * len(conversations)
-        if len(prefill) != len(conversations):
-            raise ValueError(f"{len(prefill)} prefills for {len(conversations)} conversations")
-        texts = [self.prompt_text(c, p) for c, p in zip(conversations, prefill)]
-        sampling = self.config.temperature > 0
-        options = dict(max_new_tokens=max_new_tokens or self.config.max_new_tokens, do_sample=sampling,
-                       eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id, use_cache=True)
-        if sampling:
-            options.update(temperature=self.config.temperature, top_p=self.config.top_p, top_k=0)
-        size = self.config.batch_size
-        replies: list[list[str]] = []
-        for index, start in enumerate(range(0, len(texts), size)):
-            batch = self.tokenizer(texts[start:start + size], return_tensors="pt", padding=True,
-                                   add_special_tokens=False).to(self.model.device)
-            with torch.random.fork_rng(devices=[self.model.device] if self.model.device.type == "cuda" else []), \
-                    torch.inference_mode():
-                if sampling and n > 1 and batch["input_ids"].shape[1] > 1:
-                    batch = self._shared_prefix(batch, n)
-                torch.manual_seed(derive_seed(seed, index))
-                out = self.model.generate(**batch, **options)
-            decoded = [self._decode(row) for row in out[:, batch["input_ids"].shape[1]:]]
-            per_prompt = n if sampling else 1
-            for i in range(0, len(decoded), per_prompt):
-                replies.append(decoded[i:i + per_prompt] * (1 if sampling else n))
-            if on_batch:
-                on_batch()
-        return replies
-
-    def _shared_prefix(self, batch, n: int) -> dict:
-        """The batch with each prompt repeated n times and its KV cache computed once and copied, instead of
-        `num_return_sequences`, which runs the prompt through the model n times. All but the last prompt token
-        are cached (generate needs one uncached token to start from); positions follow left padding as in
-        generate."""
-        from transformers import DynamicCache
-
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        cache = DynamicCache(config=self.model.config)
-        self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                   past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache.batch_repeat_interleave(n)
-        return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0),
-                "past_key_values": cache}
+        texts = render_prompts(self.tokenizer, conversations, prefill)
+        size, sampling = self.config.batch_size, self.config.temperature > 0
+        # Each batch is tokenized alone, so it is padded to its own longest prompt only.
+        batches = (encode_prompts(self.tokenizer, texts[start:start + size], self.model.device)
+                   for start in range(0, len(texts), size))
+        per_prompt = n if sampling else 1  # greedy replies are all the same: one, copied n times
+        tokens = sample_tokens(self.model, batches, max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+                               stop_ids=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
+                               temperature=self.config.temperature, top_p=self.config.top_p, n=per_prompt,
+                               seed=seed, on_batch=on_batch)
+        decoded = [self._decode(row) for row in tokens]
+        return [decoded[i:i + per_prompt] * (n // per_prompt) for i in range(0, len(decoded), per_prompt)]
 
     def _decode(self, ids) -> str:
         """Text up to the first stop token, special tokens removed."""
@@ -153,7 +200,7 @@ def _hf_backend(model_cfg: ModelConfig, generation_cfg: GenerationConfig, device
 
 @register_backend("vllm")
 def _vllm_backend(model_cfg: ModelConfig, generation_cfg: GenerationConfig, device: str) -> Generator:
-    """Reserved for a vLLM engine: it would render prompts exactly as `HFGenerator.prompt_text` does and map
+    """Reserved for a vLLM engine: it would render prompts with `render_prompts` and map
     the config onto `SamplingParams(n, temperature, top_p, max_tokens, seed=derive_seed(seed, i))`."""
     try:
         import vllm  # noqa: F401

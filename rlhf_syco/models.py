@@ -9,11 +9,15 @@ Built-ins resolve to a cached local folder (under `$RLHF_SYCO_CACHE`, default `~
   in-process on shipped text; seconds to build, for tests. The decoder's tokenizer has a ChatML template;
   the encoder's has none (PMs then see HH-RLHF-style text).
 Anything else is passed to `from_pretrained` as is (hub id or folder); `trust_remote_code` only on request.
+A name spelled like a path that names no folder, or a model that cannot be loaded (a hub id we cannot fetch,
+a folder without a model), is a one-line `UserError` naming the config key it came from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import importlib.util
 import json
 import os
@@ -68,23 +72,48 @@ def _load_kwargs(cfg: ModelConfig) -> dict:
             "dtype": getattr(torch, cfg.dtype)}
 
 
-def load_tokenizer(cfg: ModelConfig, padding_side: str = "left"):
+def _source(cfg: ModelConfig, key: str) -> str:
+    """The folder or hub id to load `cfg` from. A path that names no folder fails here, before transformers
+    mistakes it for a malformed hub id."""
+    from reward_models.hf import could_be_hub_id
+
+    source = resolve(cfg.name_or_path)
+    if not os.path.isdir(source) and not could_be_hub_id(source):
+        raise UserError(f"no such model folder: {source}", key)
+    return source
+
+
+@contextlib.contextmanager
+def _loading(source: str, key: str):
+    """transformers reports a folder without a model, or a hub model it cannot fetch, as an OSError."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot load {source!r}: {str(e).strip().splitlines()[0]}", key) from None
+
+
+def load_tokenizer(cfg: ModelConfig, padding_side: str = "left", key: str = "policy.model.name_or_path"):
+    """`cfg`'s tokenizer with `padding_side` and a pad token. Here and below, `key` is the config key `cfg`
+    came from: errors name it."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve(cfg.name_or_path), revision=cfg.revision,
-                                        trust_remote_code=cfg.trust_remote_code)
+    source = _source(cfg, key)
+    with _loading(source, key):
+        tok = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     tok.padding_side = padding_side
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_causal_lm(cfg: ModelConfig, device: str = "auto"):
+def load_causal_lm(cfg: ModelConfig, device: str = "auto", key: str = "policy.model.name_or_path"):
     """(model in eval mode on `device`, tokenizer with left padding and a pad token)."""
     from transformers import AutoModelForCausalLM
 
-    tok = load_tokenizer(cfg, "left")
-    model = AutoModelForCausalLM.from_pretrained(resolve(cfg.name_or_path), **_load_kwargs(cfg))
+    tok = load_tokenizer(cfg, "left", key)
+    source = _source(cfg, key)
+    with _loading(source, key):
+        model = AutoModelForCausalLM.from_pretrained(source, **_load_kwargs(cfg))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     if model.generation_config.pad_token_id is None:
@@ -92,25 +121,55 @@ def load_causal_lm(cfg: ModelConfig, device: str = "auto"):
     return model.to(pick_device(device)).eval(), tok
 
 
-def load_sequence_classifier(cfg: ModelConfig, num_labels: int = 1):
+def load_sequence_classifier(cfg: ModelConfig, num_labels: int = 1, key: str = "pm.backbone.name_or_path"):
     """A PM backbone: the LM's body with a fresh scalar head (the PM starts from a pretrained LM)."""
     from transformers import AutoModelForSequenceClassification
 
-    tok = load_tokenizer(cfg, "right")
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve(cfg.name_or_path), num_labels=num_labels, **_load_kwargs(cfg))
+    tok = load_tokenizer(cfg, "right", key)
+    source = _source(cfg, key)
+    with _loading(source, key):
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels,
+                                                                   **_load_kwargs(cfg))
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
 
 
 def build_reward_models(config, run_dir, names=None) -> dict:
     """The config's reward models by name (`names`, default all), with `{run_dir}` filled in. Cheap: the
-    `hf` backend loads its weights on first use."""
+    `hf` backend loads its weights on first use. An `hf` model among them (or inside them) whose path names
+    no folder fails here, and one that fails to load later fails too, as a UserError naming its config key."""
     from reward_models import build_all
 
     specs = {k: v.model_dump() for k, v in config.reward_models.items()}
     built = build_all(specs, {"run_dir": os.fspath(run_dir), "device": config.compute.device})
-    return {k: built[k] for k in (names if names is not None else built)}
+    chosen = {k: built[k] for k in (names if names is not None else built)}
+    keys = {id(model): f"reward_models.{name}" for name, model in built.items()}
+    for key, model in _hf_models(chosen.values(), keys):
+        model.load_error = functools.partial(UserError, where=f"{key}.path")
+        model.check_path()
+    return chosen
+
+
+def _hf_models(models, keys: dict[int, str], where: str = "reward_models", seen: set | None = None):
+    """(config key, model) for each `hf` reward model in `models` or reachable from them through a prompted
+    model's `base` or an ensemble's `members`; a model without a name of its own is keyed by where it sits."""
+    from reward_models import RewardModel
+    from reward_models.hf import HFRewardModel
+
+    seen = set() if seen is None else seen
+    for model in models:
+        if id(model) in seen:
+            continue
+        seen.add(id(model))
+        key = keys.get(id(model), where)
+        if isinstance(model, HFRewardModel):
+            yield key, model
+        base = getattr(model, "base", None)
+        if isinstance(base, RewardModel):
+            yield from _hf_models([base], keys, f"{key}.base", seen)
+        for i, member in enumerate(getattr(model, "members", None) or ()):
+            if isinstance(member, RewardModel):
+                yield from _hf_models([member], keys, f"{key}.members[{i}]", seen)
 
 
 # --------------------------------------------------------------------------- built-ins

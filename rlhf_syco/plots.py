@@ -4,8 +4,13 @@ Stages write tidy tables; this module only draws them. Each PNG is written next 
 rows it shows, so every figure can be re-plotted or checked elsewhere.
 
 Tables read (written by the stages):
-- `results/bon_curves.csv`: type, metric, reward_model, n, kl_bon, value, ci_low, ci_high
+- `results/bon_curves.csv`: type, metric, reward_model, n, kl_bon (the analytic bound), kl_plugin (the estimate
+  from the pool), value, ci_low, ci_high
+- `results/bon_paired.csv`: type, metric, reward_model, minus, n, kl_bon, value, ci_low, ci_high, items (a second
+  row of panels: the paired difference between two reward models' selections, with a line at 0)
 - `results/ppo_curves.csv`: step, kl, type, metric, value, ci_low, ci_high
+
+Every headline reads the same way (higher = more sycophantic), and each panel's axis says so.
 """
 
 from __future__ import annotations
@@ -19,40 +24,34 @@ import pandas as pd
 from rlhf_syco.rundir import atomic_path
 
 PANEL_ORDER = ("feedback", "answer", "are_you_sure", "mimicry", "opinion")
+UP = "\u2191 more sycophantic"
 
 
 def panel_figure(rows: pd.DataFrame, x: str, x_label: str, series: str | None, title: str, out: Path,
-                 log2_x: bool = False) -> Path:
-    """One panel per sycophancy type: `value` against `x` with its CI band, one line per `series` value."""
+                 log2_x: bool = False, paired: pd.DataFrame | None = None) -> Path:
+    """One panel per sycophancy type: `value` against `x` with its CI band, one line per `series` value; with
+    `paired`, a second row of panels with the paired differences (one line per pair)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    types = [t for t in PANEL_ORDER if t in set(rows["type"])] + sorted(set(rows["type"]) - set(PANEL_ORDER))
+    present = set(rows["type"])
+    types = [t for t in PANEL_ORDER if t in present] + sorted(present - set(PANEL_ORDER))
     rows = rows.dropna(subset=["value"])  # a metric undefined at some point (no eligible items) is not drawn
-    cols = min(len(types), 3)
-    nrows = math.ceil(len(types) / cols)
+    if paired is not None and not paired.empty:
+        cols, nrows = len(types), 2
+        paired = paired.dropna(subset=["value"]).assign(pair=lambda d: d["reward_model"] + " \u2212 " + d["minus"])
+    else:
+        cols, nrows, paired = min(len(types), 3), math.ceil(len(types) / min(len(types), 3)), None
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
-    for ax, eval_type in zip(axes.flat, types):
-        panel = rows[rows["type"] == eval_type]
-        if panel.empty:
-            ax.set_title(eval_type, fontsize=10)
-            ax.text(0.5, 0.5, "undefined: no eligible items", ha="center", va="center", transform=ax.transAxes)
-            continue
-        groups = panel.groupby(series, sort=True) if series else [(None, panel)]
-        for name, line in groups:
-            line = line.sort_values(x)
-            ax.plot(line[x], line["value"], marker="o", markersize=3, label=name)
-            ax.fill_between(line[x], line["ci_low"], line["ci_high"], alpha=0.2)
-        ax.set_title(f"{eval_type}: {panel['metric'].iloc[0]}", fontsize=10)
-        ax.set_xlabel(x_label)
-        if log2_x:
-            ax.set_xscale("log", base=2)
-        ax.grid(alpha=0.3)
-        if series:
-            ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(types):]:
+    flat = list(axes.flat)
+    for ax, eval_type in zip(flat, types):
+        _panel(ax, rows[rows["type"] == eval_type], eval_type, x, x_label, series, log2_x)
+    if paired is not None:
+        for ax, eval_type in zip(axes[1], types):
+            _panel(ax, paired[paired["type"] == eval_type], eval_type, x, x_label, "pair", log2_x, difference=True)
+    for ax in flat[len(types):] if paired is None else []:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
@@ -64,6 +63,33 @@ def panel_figure(rows: pd.DataFrame, x: str, x_label: str, series: str | None, t
     return out
 
 
+def _panel(ax, panel: pd.DataFrame, eval_type: str, x: str, x_label: str, series: str | None, log2_x: bool,
+           difference: bool = False) -> None:
+    if panel.empty:
+        ax.set_title(eval_type, fontsize=10)
+        ax.text(0.5, 0.5, "undefined: no eligible items", ha="center", va="center", transform=ax.transAxes)
+        return
+    groups = panel.groupby(series, sort=True) if series else [(None, panel)]
+    for name, line in groups:
+        line = line.sort_values(x)
+        ax.plot(line[x], line["value"], marker="o", markersize=3, label=name)
+        ax.fill_between(line[x], line["ci_low"], line["ci_high"], alpha=0.2)
+    metric = panel["metric"].iloc[0]
+    if difference:
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_title(f"{eval_type}: paired difference", fontsize=10)
+        ax.set_ylabel(f"\u0394 {metric}", fontsize=8)
+    else:
+        ax.set_title(f"{eval_type}: {metric}", fontsize=10)
+        ax.set_ylabel(f"{metric} ({UP})", fontsize=8)
+    ax.set_xlabel(x_label)
+    if log2_x:
+        ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+
+
 def run(config, run_dir) -> dict:
     """Draw every figure whose table exists; returns {figure name: path}."""
     results, out = Path(os.fspath(run_dir)) / "results", Path(os.fspath(run_dir)) / "plots"
@@ -71,10 +97,11 @@ def run(config, run_dir) -> dict:
     bon = results / "bon_curves.csv"
     if bon.exists():
         rows = pd.read_csv(bon)
+        paired = pd.read_csv(results / "bon_paired.csv") if (results / "bon_paired.csv").exists() else None
         made["bon_vs_n"] = panel_figure(rows, "n", "N (best-of-N)", "reward_model",
-                                        "Sycophancy vs best-of-N", out / "bon_vs_n.png", log2_x=True)
-        made["bon_vs_kl"] = panel_figure(rows, "kl_bon", "KL_bon = log N - (N-1)/N (nats)", "reward_model",
-                                         "Sycophancy vs KL (best-of-N)", out / "bon_vs_kl.png")
+                                        "Sycophancy vs best-of-N", out / "bon_vs_n.png", log2_x=True, paired=paired)
+        made["bon_vs_kl"] = panel_figure(rows, "kl_bon", "KL bound log N - (N-1)/N (nats)", "reward_model",
+                                         "Sycophancy vs KL (best-of-N)", out / "bon_vs_kl.png", paired=paired)
     ppo = results / "ppo_curves.csv"
     if ppo.exists():
         rows = pd.read_csv(ppo)

@@ -12,7 +12,6 @@ correction (Sharma et al. 2023 found the Claude 2 PM preferred the agreeing repl
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from pathlib import Path
@@ -50,25 +49,17 @@ def train(config, run_dir: RunDir) -> dict:
     from transformers import PrinterCallback, TrainerCallback, set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from rlhf_syco.models import load_sequence_classifier, pick_device
+    from rlhf_syco import distributed
+    from rlhf_syco.models import load_sequence_classifier
 
     t = config.pm.train
-    on_cpu = pick_device(config.compute.device) == "cpu"
     out = run_dir.stage("pm")
     ckpts = out / "checkpoints"
     set_seed(config.seed)  # the fresh scalar head is initialised from the global RNG
     model, tok = load_sequence_classifier(config.pm.backbone)
     train_pairs = read_jsonl(run_dir / "data" / "pm_train.jsonl")
     heldout_pairs = read_jsonl(run_dir / "data" / "pm_heldout.jsonl")
-    gloo_state = {}
-    if config.compute.deepspeed_stage and on_cpu:
-        # accelerate does not pick gloo for DeepSpeed on CPU by itself; configure the state and tell the
-        # Trainer to use it (ACCELERATE_USE_CPU would silently drop DeepSpeed).
-        from accelerate import PartialState
-
-        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-        PartialState(backend="gloo")
-        gloo_state = {"accelerator_config": {"use_configured_state": True}}
+    placement = distributed.trainer_options(config.compute)  # DeepSpeed, CPU, gloo (sets up the process state)
     train_ds = datasets.Dataset.from_list(_encode(train_pairs, tok, t.max_length))
     eval_ds = datasets.Dataset.from_list(_encode(heldout_pairs, tok, t.max_length))
     args = RewardConfig(
@@ -82,10 +73,7 @@ def train(config, run_dir: RunDir) -> dict:
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         remove_unused_columns=False,  # keeps "length" for the sampler; TRL's collator reads only the ids
         bf16=config.compute.mixed_precision == "bf16", fp16=config.compute.mixed_precision == "fp16",
-        # DeepSpeed on CPU needs gloo; ACCELERATE_USE_CPU (use_cpu) would silently drop DeepSpeed.
-        use_cpu=on_cpu and config.compute.deepspeed_stage == 0, **gloo_state,
-        deepspeed=str(config.compute.deepspeed_config) if config.compute.deepspeed_stage else None,
-        report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        **placement, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
 
     class RichProgress(TrainerCallback):

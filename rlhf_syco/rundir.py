@@ -86,13 +86,75 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def read_checkpoint(path: str | os.PathLike, expected: str) -> list[dict] | None:
-    """The rows of a jsonl checkpoint whose every row has `"fingerprint": expected`; None if the file is
-    missing or was written with other settings."""
-    if not Path(path).exists():
+# --------------------------------------------------------------------------- reusable artifacts
+#
+# Replies, sample pools, scores and judgments are cached under the run folder, each keyed by the fingerprint of
+# everything it depends on. The key lives in a sidecar `<file>.key` written after the file, with the file's
+# size and sha256: a file without a matching sidecar (another key, a crash in between, a damaged file) is
+# recomputed, so a changed setting never mixes old and new results.
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".key")
+
+
+def _encode(path: Path, value: Any) -> bytes:
+    if path.suffix == ".jsonl":
+        return "".join(json.dumps(r, default=str) + "\n" for r in value).encode()
+    if path.suffix == ".json":
+        return (json.dumps(value, default=str) + "\n").encode()
+    if path.suffix == ".parquet":
+        import io
+
+        buffer = io.BytesIO()
+        value.to_parquet(buffer, index=False)
+        return buffer.getvalue()
+    raise ValueError(f"no cache format for {path.suffix!r} files")
+
+
+def _decode(path: Path, data: bytes) -> Any:
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    if path.suffix == ".json":
+        return json.loads(data)
+    import io
+
+    import pandas as pd
+
+    return pd.read_parquet(io.BytesIO(data))
+
+
+def load_cached(path: str | os.PathLike, key: str) -> Any | None:
+    """The artifact at `path` (.jsonl rows, .json, .parquet DataFrame) if it was stored with `key` and is
+    intact; else None."""
+    path = Path(path)
+    try:
+        meta = json.loads(_sidecar(path).read_text())
+        data = path.read_bytes()
+    except (OSError, ValueError):
         return None
-    rows = read_jsonl(path)
-    return rows if rows and all(r.get("fingerprint") == expected for r in rows) else None
+    if meta.get("key") != key or meta.get("bytes") != len(data) or meta.get("sha256") != _sha256(data):
+        return None
+    return _decode(path, data)
+
+
+def store_cached(path: str | os.PathLike, key: str, value: Any) -> Any:
+    """Write `value` to `path` and then its sidecar; returns `value`."""
+    path = Path(path)
+    data = _encode(path, value)
+    atomic_write(path, data)
+    atomic_write(_sidecar(path), json.dumps({"key": key, "bytes": len(data), "sha256": _sha256(data)}))
+    return value
+
+
+def cached(path: str | os.PathLike, key: str, compute) -> Any:
+    """`load_cached`, else `compute()` stored under `key`."""
+    value = load_cached(path, key)
+    return store_cached(path, key, compute()) if value is None else value
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def redact(obj: Any) -> Any:

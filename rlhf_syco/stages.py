@@ -7,12 +7,12 @@ and marks it done last, so a crashed stage restarts (from its own checkpoints) o
 
 from __future__ import annotations
 
-import importlib
 import resource
 import time
 
 from rlhf_syco.errors import UserError
 from rlhf_syco.progress import console
+from rlhf_syco.registry import import_object
 from rlhf_syco.rundir import RunDir, now
 
 
@@ -24,7 +24,7 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "probe": ("rlhf_syco.pm:probe", ("pm",)),
     "eval": ("rlhf_syco.evaluation.stage:run", ()),
     "bon": ("rlhf_syco.bon.stage:run", ("pm",)),
-    "ppo": ("rlhf_syco.ppo.trainer:run", ("pm",)),
+    "ppo": ("rlhf_syco.ppo.stage:run", ("pm",)),
     "plots": ("rlhf_syco.plots:run", ()),
 }
 
@@ -79,8 +79,7 @@ def run_stage(name: str, config, run_dir: RunDir) -> dict | None:
         torch.set_num_threads(config.compute.torch_threads)
     t0, started = time.time(), now()
     run_dir.update_manifest(stages={name: {"started": started}})
-    module, function = target.split(":")
-    summary = getattr(importlib.import_module(module), function)(config, run_dir) or {}
+    summary = import_object(target)(config, run_dir) or {}
     seconds = round(time.time() - t0, 1)
     # the peak memory of the process that ran it (on Linux ru_maxrss is in KiB)
     peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

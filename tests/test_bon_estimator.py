@@ -1,12 +1,13 @@
 """The exact best-of-n estimator against brute force over all subsets, and against Monte Carlo at N = 4096."""
 
+import collections
 import itertools
 import math
 
 import numpy as np
 import pytest
 
-from rlhf_syco.bon.estimator import best_of_n, kl_bon, selection_weights
+from rlhf_syco.bon.estimator import best_of_n, kl_bon, kl_plugin, selection_weights
 
 
 def brute_force(scores: np.ndarray, values: np.ndarray, n: int) -> float:
@@ -82,3 +83,30 @@ def test_kl_bon_closed_form():
     assert kl_bon(1) == 0
     assert kl_bon(2) == pytest.approx(math.log(2) - 0.5)
     np.testing.assert_allclose(kl_bon(np.array([4, 4096])), [math.log(4) - 0.75, math.log(4096) - 4095 / 4096])
+
+
+def test_kl_plugin_against_enumerating_every_subset():
+    """The selection distribution over distinct replies, by brute force over all C(N, n) subsets."""
+    samples = ["a", "b", "a", "c", "b", "a"]
+    scores = np.array([0.3, 0.9, 0.3, 0.1, 0.5, 0.7])
+    ns = [1, 2, 3, 6]
+    got = kl_plugin(samples, scores, ns)
+    pool = collections.Counter(samples)
+    for n, value in zip(ns, got):
+        picks = collections.Counter()
+        subsets = list(itertools.combinations(range(len(samples)), n))
+        for subset in subsets:
+            best = max(subset, key=lambda i: (scores[i], -i))  # ties: the earlier sample ranks higher
+            picks[samples[best]] += 1 / len(subsets)
+        expected = sum(q * math.log(q / (pool[r] / len(samples))) for r, q in picks.items() if q > 0)
+        assert value == pytest.approx(expected, abs=1e-12)
+    assert got[0] == pytest.approx(0.0, abs=1e-12)  # n = 1 selects as the pool samples
+
+
+def test_kl_plugin_is_far_below_the_bound_when_replies_repeat():
+    """Two equally likely replies, the PM always prefers one: at n = 8 the selection is that reply (all but
+    never the other), a KL near log 2, while the closed form gives 1.20 nats."""
+    samples = ["good", "bad"] * 4
+    scores = np.array([1.0, 0.0] * 4)
+    assert kl_plugin(samples, scores, [8])[0] == pytest.approx(math.log(2))
+    assert kl_bon(8) == pytest.approx(1.2044, abs=1e-4)

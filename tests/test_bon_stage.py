@@ -16,14 +16,14 @@ import torch
 from rlhf_syco import plots
 from rlhf_syco.bon import stage
 from rlhf_syco.config import ExperimentConfig
-from rlhf_syco.evaluation import datasets
+from evalkit import build
 from rlhf_syco.evaluation.config import ARE_YOU_SURE_CHALLENGE
 from rlhf_syco.generation import to_chat
 from rlhf_syco.models import resolve
 
 N = 4
 HERE = __name__  # for `module:attr` paths to the reward functions below
-PLOT_COLUMNS = ["type", "metric", "reward_model", "n", "kl_bon", "value", "ci_low", "ci_high"]
+PLOT_COLUMNS = ["type", "metric", "reward_model", "n", "kl_bon", "kl_plugin", "value", "ci_low", "ci_high"]
 SPECIAL = ("I apologize, you are right.", "This is wonderful, excellent and great.", "By {poet}.")
 scored = []  # (reward function, number of pairs) per call
 
@@ -78,14 +78,14 @@ def config(reward_models, types, policy="tiny:decoder", **bon) -> ExperimentConf
              "pm_nonsyco": {"type": "prompted", "base": "pm"}}
     return ExperimentConfig.model_validate({
         "policy": {"model": {"name_or_path": policy}, "generation": {"max_new_tokens": 6, "batch_size": 4}},
-        "reward_models": specs, "eval": {"max_new_tokens": {}},
+        "reward_models": specs, "eval": {"max_new_tokens": {}, "min_items": 1},
         "bon": {"types": types, "n_max": N, "prompts_per_type": 2, "shard_size": 3, "bootstrap": 50,
                 "reward_models": reward_models, **bon}})
 
 
 @pytest.fixture
 def scripted(monkeypatch):
-    records = datasets.build("are_you_sure", 2, 0)
+    records = build("are_you_sure", 2, 0)
     policy = ScriptedPolicy(records)
     monkeypatch.setattr(stage, "make_generator", lambda *args: policy)
     scored.clear()
@@ -128,7 +128,9 @@ def test_curves_follow_the_hand_computed_selection_probabilities(tmp_path, scrip
 def test_are_you_sure_second_turns_follow_the_fixed_first_turn(tmp_path, scripted):
     stage.run(config(["special"], ["are_you_sure"]), tmp_path)
     first_call, *pool_calls = scripted.calls
-    followups = [c for call in pool_calls for c in call]
+    followups = [c for call in pool_calls for c in call if c[-1]["content"] == ARE_YOU_SURE_CHALLENGE]
+    probes = [c for call in pool_calls for c in call if c[-1]["content"].startswith("So what's the answer?")]
+    assert len(probes) == 2 * N  # the final-answer probe is played after every sample
     assert len(followups) == len(first_call) == 2
     for question, followup in zip(first_call, followups):
         user = question[-1]["content"]
@@ -156,13 +158,13 @@ def test_real_models_end_to_end(tmp_path):
     first = curves[curves["n"] == 1].pivot(index="type", columns="reward_model", values="value")
     np.testing.assert_allclose(first["pm"], first["pm_nonsyco"])
     scores = {name: np.concatenate([json.loads(p.read_text())["scores"]
-                                    for p in sorted((tmp_path / "bon" / "scores" / name / "answer").iterdir())])
+                                    for p in sorted((tmp_path / "bon" / "scores" / name / "answer").glob("shard-*.json"))])
               for name in ("pm", "pm_nonsyco")}
     assert scores["pm"].shape == (8, N) and not np.allclose(scores["pm"], scores["pm_nonsyco"])
 
 
 def test_bon_config_rejects_unknown_types():
-    with pytest.raises(ValueError, match="unknown evaluation type 'flattery'"):
+    with pytest.raises(ValueError, match="unknown sycophancy task 'flattery'"):
         config(["special"], ["answer", "flattery"])
 
 

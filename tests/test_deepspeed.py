@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # real daemons / processes: minutes
+
 TINY = Path(__file__).resolve().parent.parent / "experiments" / "tiny.yaml"
 pytest.importorskip("deepspeed")
 

@@ -9,8 +9,17 @@ import pytest
 
 from rlhf_syco.data.sources import source_path, split_of, triviaqa, truthfulqa_id
 from rlhf_syco.errors import UserError
-from rlhf_syco.evaluation import datasets
-from rlhf_syco.evaluation.datasets import OfficialFileWarning, build, load_official
+from evalkit import build
+from rlhf_syco.data.answers import canonical_alias
+from rlhf_syco.evaluation import official
+from rlhf_syco.evaluation.official import OfficialFileWarning, load_official as _load_official
+from rlhf_syco.evaluation.tasks import get_task
+from rlhf_syco.evaluation.tasks.answer import TEMPLATES as ANSWER_TEMPLATES
+from rlhf_syco.evaluation.tasks.feedback import clean_gsm8k_solution
+
+
+def load_official(source, name, **options):
+    return _load_official(source, get_task(name), **options)
 from rlhf_syco.evaluation.judges import matches_alias
 
 SAMPLE = source_path("sycophancy_eval/answer.sample.jsonl")
@@ -102,7 +111,7 @@ def test_feedback_gsm8k_solution_is_cleaned_prose():
         "With 2 trees planted per teacher, 120 * 2 = 240 trees are planted per teacher.\n"
         "Adding the trees planted by teachers and students, 1000 + 240 = 1240 trees will have been planted at the "
         'end of the campaign."')
-    assert datasets.clean_gsm8k_solution(
+    assert clean_gsm8k_solution(
         "She sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18") == \
         "She sells 16 - 3 - 4 = 9 eggs.\nShe makes 9 * 2 = $18."
 
@@ -197,13 +206,13 @@ def test_answers_shown_to_the_user_are_right_and_wrong_as_labelled():
 
 def test_canonical_alias_is_the_common_name_not_the_first_listed():
     argentina = next(r for r in triviaqa() if r["answers"][0] == "Arxintina")
-    assert datasets.canonical_alias(argentina["answers"]) == "Argentina"
+    assert canonical_alias(argentina["answers"]) == "Argentina"
     peter = json.loads(SAMPLE.read_text().splitlines()[0])["base"]["answer"]
-    assert datasets.canonical_alias(peter) == "Peter Principle"
+    assert canonical_alias(peter) == "Peter Principle"
 
 
 def test_unknown_set_is_a_user_error():
-    with pytest.raises(UserError, match="unknown evaluation set 'sycophancy'"):
+    with pytest.raises(UserError, match="unknown sycophancy task 'sycophancy'"):
         build("sycophancy", 2, 0)
 
 
@@ -218,7 +227,7 @@ def test_official_sample_loads_with_variants_and_matches_our_templates():
     assert len({r["metadata"]["item_id"] for r in records}) == 1
     assert records[0]["metadata"]["item_id"].startswith("answer/trivia_qa/")
     for r in records:  # our templates reproduce the official prompt text exactly
-        assert datasets.ANSWER_TEMPLATES[r["metadata"]["variant"]].format(**r["base"]) == human_text(r)
+        assert ANSWER_TEMPLATES[r["metadata"]["variant"]].format(**r["base"]) == human_text(r)
 
 
 def test_our_own_files_load_unchanged(tmp_path):
@@ -250,7 +259,7 @@ def fake_official(tmp_path, monkeypatch, sha256):
     table = tmp_path / "OFFICIAL_FILES.json"
     table.write_text(json.dumps({"files": {"datasets/answer.jsonl": {
         "bytes": len(data), "sha256": sha256 or hashlib.sha256(data).hexdigest(), "records": 4}}}))
-    monkeypatch.setattr(datasets, "OFFICIAL_FILES", table)
+    monkeypatch.setattr(official, "OFFICIAL_FILES", table)
     path = tmp_path / "answer.jsonl"
     path.write_bytes(data)
     return path

@@ -1,12 +1,14 @@
 """Generation: batched left-padded greedy decoding equals one prompt at a time and a hand-written greedy loop;
-seeded sampling is reproducible; the prefill sits right after the generation prompt."""
+seeded sampling is reproducible, per batch (evaluation) or from one seed over all batches (PPO); the prefill
+sits right after the generation prompt."""
 
 import pytest
 import torch
 
 from rlhf_syco.config import GenerationConfig, ModelConfig
 from rlhf_syco.errors import UserError
-from rlhf_syco.generation import HFGenerator, derive_seed, make_generator, to_chat
+from rlhf_syco.generation import (HFGenerator, derive_seed, encode_prompts, make_generator, render_prompts,
+                                  sample_tokens, to_chat)
 from rlhf_syco.models import load_causal_lm
 
 CONVERSATIONS = [
@@ -103,6 +105,40 @@ def test_n_samples_from_one_cached_prompt_equal_transformers_num_return_sequence
     decoded = [sampler._decode(row) for row in out[:, batch["input_ids"].shape[1]:]]
     assert ours == [decoded[i:i + 4] for i in range(0, 12, 4)]
     assert len({s for samples in ours for s in samples}) > 3  # the comparison is not vacuous
+
+
+def test_one_seed_over_all_batches_is_one_stream_of_generate_calls(model_and_tokenizer):
+    """PPO's contract (`seed_per_batch=False`): one manual_seed, then the batches in order, the caller's RNG
+    untouched; the replies come back padded to the longest, after their stop tokens."""
+    model, tokenizer = model_and_tokenizer
+    stop = HFGenerator(model, tokenizer, GenerationConfig()).stop_ids
+    ids, mask = encode_prompts(tokenizer, render_prompts(tokenizer, CONVERSATIONS), "cpu")
+    batches = [(ids[i:i + 2], mask[i:i + 2]) for i in range(0, len(ids), 2)]
+    options = dict(max_new_tokens=8, stop_ids=stop, pad_token_id=tokenizer.pad_token_id, temperature=0.7)
+    state = torch.get_rng_state()
+    ours = sample_tokens(model, batches, **options, seed=3, seed_per_batch=False)
+    assert torch.equal(state, torch.get_rng_state())
+    torch.manual_seed(3)
+    with torch.no_grad():
+        by_hand = [model.generate(input_ids=i, attention_mask=m, do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
+                                  max_new_tokens=8, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)[:, i.shape[1]:]
+                   for i, m in batches]
+    assert ours.shape == (len(CONVERSATIONS), max(b.shape[1] for b in by_hand))
+    for rows, theirs in zip(ours.split(2), by_hand):
+        assert torch.equal(rows[:, :theirs.shape[1]], theirs)
+        assert (rows[:, theirs.shape[1]:] == tokenizer.pad_token_id).all()
+    per_batch = sample_tokens(model, batches, **options, seed=3)
+    assert not torch.equal(per_batch, ours)  # seeded batch by batch: another stream
+
+
+def test_rendering_is_the_template_then_the_prefill(model_and_tokenizer):
+    tokenizer = model_and_tokenizer[1]
+    texts = render_prompts(tokenizer, CONVERSATIONS, PREFILLS)
+    assert texts == [generator(model_and_tokenizer).prompt_text(c, p) for c, p in zip(CONVERSATIONS, PREFILLS)]
+    assert render_prompts(tokenizer, CONVERSATIONS[:1]) == [
+        tokenizer.apply_chat_template(CONVERSATIONS[0], tokenize=False, add_generation_prompt=True)]
+    with pytest.raises(ValueError, match="prefills"):
+        render_prompts(tokenizer, CONVERSATIONS, PREFILLS[:2])
 
 
 def test_prefill_follows_the_generation_prompt(model_and_tokenizer):

@@ -26,6 +26,8 @@ from rlhf_syco.models import resolve
 from rlhf_syco.rundir import RunDir
 from rlhf_syco.stages import STAGES, open_run
 
+pytestmark = pytest.mark.slow  # real daemons / processes: minutes
+
 ray = pytest.importorskip("ray")
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -37,17 +37,17 @@ def test_heldout_accuracy_matches_a_direct_forward(trained):
     """Recompute held-out accuracy with a plain transformers forward pass, one pair at a time."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from reward_models import format_conversation
+    from reward_models import encode_for_pm
 
     folder = trained / "pm" / "model"
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     pairs = [json.loads(line) for line in open(trained / "data" / "pm_heldout.jsonl")]
 
-    def score(prompt, reply):
-        ids = tok(format_conversation(tok, prompt, reply), return_tensors="pt")
+    def score(prompt, reply):  # the PM's own input: long transcripts are shortened to its trained length
+        ids = torch.tensor(encode_for_pm(tok, [prompt], [reply], tok.model_max_length))
         with torch.no_grad():
-            return model(**ids).logits[0, 0].item()
+            return model(input_ids=ids).logits[0, 0].item()
 
     wins = [np.sign(score(p["prompt"], p["chosen"]) - score(p["prompt"], p["rejected"])) for p in pairs]
     expected = np.mean([(w > 0) + 0.5 * (w == 0) for w in wins])

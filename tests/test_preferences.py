@@ -99,11 +99,11 @@ def test_belief_items_come_only_from_the_pm_half():
 
 
 def test_pm_pairs_and_evaluation_sets_share_no_question():
-    from rlhf_syco.evaluation import datasets
+    from evalkit import build
 
     pm_questions = {i["question"] for i in belief_items()}
     for eval_type in ("answer", "are_you_sure"):
-        for rec in datasets.build(eval_type, 200, seed=0):
+        for rec in build(eval_type, 200, seed=0):
             assert rec["base"]["question"] not in pm_questions
 
 

@@ -22,6 +22,7 @@ from reward_models import (
     available,
     build,
     build_all,
+    encode_for_pm,
     format_conversation,
     register,
     serve,
@@ -145,19 +146,22 @@ def tiny_pms(tmp_path_factory):
     return root
 
 
-def one_at_a_time(folder: Path, texts: list[str], max_length: int = 10_000) -> np.ndarray:
+def one_at_a_time(folder: Path, texts: list[str]) -> np.ndarray:
     """The reference: each text alone, no padding, through a freshly loaded model."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    return ids_one_at_a_time(folder, [tokenizer(t, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+                                      for t in texts])
+
+
+def ids_one_at_a_time(folder: Path, encoded: list[list[int]]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    scores = []
     with torch.no_grad():
-        for text in texts:
-            ids = tokenizer(text, add_special_tokens=not tokenizer.chat_template)["input_ids"][-max_length:]
-            scores.append(model(torch.tensor([ids])).logits[0, 0].item())
-    return np.array(scores)
+        return np.array([model(torch.tensor([ids])).logits[0, 0].item() for ids in encoded])
 
 
 @pytest.mark.parametrize("flavour", ["chat", "plain"])
@@ -180,16 +184,22 @@ def test_hf_batched_scores_equal_one_at_a_time_and_keep_order(tiny_pms, flavour)
     assert lengths == sorted(lengths, reverse=True) and lengths != [len(pm.tokenizer(t)["input_ids"]) for t in texts]
 
 
-def test_hf_truncates_from_the_left_keeping_the_response_end(tiny_pms):
-    pm = build({"type": "hf", "path": str(tiny_pms / "chat"), "max_length": 12})
+def test_hf_shortens_long_contexts_in_the_middle_and_counts_them(tiny_pms):
+    pm = build({"type": "hf", "path": str(tiny_pms / "chat"), "max_length": 16})
     long_question = [{"role": "user", "content": " ".join(CORPUS)}]
-    responses = ["the earth is round", "the earth is flat"]
+    conversations, responses = [long_question, long_question, CONVERSATIONS[3]], ["the earth is round",
+                                                                                   "the earth is flat", "paris"]
 
-    scores = pm.score([long_question] * 2, responses)
+    scores = pm.score(conversations, responses)
 
-    texts = [format_conversation(pm.tokenizer, long_question, r) for r in responses]
-    np.testing.assert_allclose(scores, one_at_a_time(tiny_pms / "chat", texts, max_length=12), atol=1e-5)
+    encoded = encode_for_pm(pm.tokenizer, conversations, responses, 16)
+    np.testing.assert_allclose(scores, ids_one_at_a_time(tiny_pms / "chat", encoded), atol=1e-5)
     assert scores[0] != scores[1]
+    # The question's start and end around the marker (unknown to this vocabulary), and the whole reply.
+    assert pm.tokenizer.convert_ids_to_tokens(encoded[0]) == [
+        "<|im_start|>", "user", "is", "the", "earth", "<unk>", "the", "truth", "<|im_end|>",
+        "<|im_start|>", "assistant", "the", "earth", "is", "round", "<|im_end|>"]
+    assert pm.context_stats() == {"scored": 3, "shortened": 2, "left_truncated": 0}
 
 
 def test_format_conversation_hh_style_and_chat_template(tiny_pms):
@@ -412,7 +422,8 @@ def test_ensemble_members_by_name_are_the_same_objects():
      "option 'members[1]' of reward model type 'ensemble': must be a reward model name or an inline spec (got 3)"),
     ({"type": "http", "url": "x", "protocol": "grpc"},
      "option 'protocol' of reward model type 'http': input should be 'rlhf_syco' or 'openrlhf' (got 'grpc')"),
-    ({"type": "no_such_module_xyz:Factory"}, "cannot import 'no_such_module_xyz:Factory': No module named"),
+    ({"type": "no_such_module_xyz:Factory"},
+     "cannot load reward model type 'no_such_module_xyz:Factory': cannot import 'no_such_module_xyz:Factory': No module"),
     ({"path": "x"}, "a reward model spec must be a mapping with a 'type' key"),
 ])
 def test_validate_spec_messages(spec, message):
@@ -439,7 +450,7 @@ def test_context_fills_placeholders_and_device():
 
 
 def test_register_a_new_backend(monkeypatch):
-    monkeypatch.setattr(reward_models.base, "_REGISTRY", dict(reward_models.base._REGISTRY))
+    monkeypatch.setattr(reward_models.base.REWARD_MODELS, "_objects", dict(reward_models.base.REWARD_MODELS._objects))
 
     class ScaleOptions(reward_models.Options):
         factor: float

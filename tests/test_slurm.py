@@ -15,6 +15,8 @@ from rlhf_syco.models import resolve
 from rlhf_syco.stages import STAGES
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
+pytestmark = pytest.mark.slow  # real daemons / processes: minutes
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "experiments" / "tiny.yaml"
 # Short feedback and mimicry replies keep the tiny run at seconds.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from rlhf_syco.evaluation.config import EVAL_TYPES
+from rlhf_syco.evaluation.config import check_task_names
 from rlhf_syco.strict import Strict
 
 
 class BonConfig(Strict):
-    types: list[str] = list(EVAL_TYPES)
+    types: list[str] = ["feedback", "answer", "are_you_sure", "mimicry", "opinion"]  # tasks, as eval.types
     n_max: int = Field(32, gt=0)  # samples drawn once per prompt (Sharma et al. 2023 §4.2: 32); curves for n <= n_max
     # Base items per type, as `eval.items_per_type`: each brings all its variants (answer 4 prompts, feedback 5,
     # opinion 2, the others 1), because the metrics compare an item's variants with each other.
@@ -43,7 +43,5 @@ class BonConfig(Strict):
 
 
 def _known(names):
-    unknown = [n for n in names if n not in EVAL_TYPES]
-    if unknown:
-        raise ValueError(f"unknown evaluation type {unknown[0]!r} (known: {', '.join(EVAL_TYPES)})")
+    check_task_names(names)
     return names

@@ -62,6 +62,22 @@ def best_of_n(scores, values, ns) -> np.ndarray:
 
 
 def kl_bon(n) -> np.ndarray | float:
-    """KL(best-of-n || policy) = log n - (n - 1) / n nats, the usual closed form (Stiennon et al. 2020)."""
+    """log n - (n - 1) / n nats, the usual closed form of KL(best-of-n || policy) (Stiennon et al. 2020): an
+    upper bound, reached only when no two samples are alike (Beirami et al. 2024)."""
     n = np.asarray(n, dtype=float)
     return np.log(n) - (n - 1) / n
+
+
+def kl_plugin(samples, scores, ns) -> np.ndarray:
+    """Plug-in estimate of KL(best-of-n || policy) for one prompt, for each n in `ns`: the selection
+    distribution over the pool's distinct replies against their frequencies in the pool,
+    sum_j q_j log(q_j / p_j). Far below `kl_bon` when replies repeat; at n = N with all replies distinct it is
+    log N, the most a pool of N can show."""
+    distinct = {reply: j for j, reply in enumerate(dict.fromkeys(samples))}
+    indicator = np.zeros((len(samples), len(distinct)))
+    indicator[np.arange(len(samples)), [distinct[s] for s in samples]] = 1.0
+    p = indicator.mean(axis=0)
+    q = best_of_n(scores, indicator, ns)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(q > 0, q * np.log(q / p), 0.0)
+    return terms.sum(axis=-1)

@@ -1,20 +1,21 @@
 """The best-of-N stage (Sharma et al. 2023 §4.2, Fig. 6): one pool of samples per prompt, every n from it.
 
-1. Pool. For every prompt of every type in `bon.types` (the evaluation records of `bon.prompts_per_type` items),
-   `bon.n_max` samples from the policy at `bon.temperature`, drawn once through `rlhf_syco.generation` (the
-   backend named by `policy.generation.backend`) and written in shards of `bon.shard_size` prompts,
-   `bon/pool/<type>/shard-00000.jsonl`. A shard's samples depend only on the seed, its index and its prompts, so
-   an interrupted run resumes at the first missing shard and draws exactly the pool an uninterrupted run draws.
-2. Scores. Every sample scored once by every reward model in `bon.reward_models`, cached per model and shard in
-   `bon/scores/<model>/<type>/`: adding a reward model to a finished run scores only that model.
-3. Judgments. Every sample judged once by the evaluation suite's judges: `judge_replies` on sample k of every
-   record, for each k, into `bon/judged/<type>.parquet`.
+1. Pool (`bon/pool.py`). For every prompt of every task in `bon.types` (the evaluation suite's records of
+   `bon.prompts_per_type` items), `bon.n_max` samples from the policy at `bon.temperature`, drawn once through
+   `rlhf_syco.generation` and cached in shards.
+2. Scores (`bon/pool.py`). Every sample scored once by every reward model in `bon.reward_models`, cached per
+   model and shard.
+3. Judgments. Every sample judged once by the evaluation suite (`suite.judge` on sample k of every record, for
+   each k), into `bon/judged/<type>.parquet`.
 4. Curves. For each reward model, type and n (the powers of two below n_max, and n_max): the exact expectation of
    each record's judgments under best-of-n selection (`estimator.best_of_n`), fed into the type's metric
    definitions (`metrics.summarize`, 95% bootstrap CI over items, the same resamples for every n and reward
    model). Written to `results/`: `bon_curves.csv` (each type's headline metric, what the plots draw),
-   `bon_metrics.csv` (every metric, with the number of items that count) and `bon_rewards.csv` (the expected
-   reward of the selected sample under every reward model, per type and over all prompts).
+   `bon_metrics.csv` (every metric, with the number of items that count), `bon_paired.csv` (for every pair of
+   reward models, the difference of each headline at each n with a paired bootstrap CI: the items are
+   resampled once for both, so what the two selections share cancels), `bon_rewards.csv` (the expected reward
+   of the selected sample under every reward model, per type and over all prompts) and `bon_context.json`
+   (how many reward-model inputs had to be shortened to fit).
 
 Why expected judgments give the best-of-n metric exactly. Every metric is a rate or a signed sum of rates, each
 (sum of a judgment over the counted rows) / (number of counted rows). When the counted rows do not depend on which
@@ -23,8 +24,10 @@ metric of the expected judgments (P(correct) in place of correct). The rows are 
 and opinion and are every row for mimicry; the two multi-turn cases are made so:
 
 - are_you_sure counts the records whose first answer is correct. The first turn is one sample from the policy
-  per record, shared by every reward model and n (`bon/pool/are_you_sure/first.jsonl`), and the pool is the
-  reply to the challenge that follows it. The counted rows are then fixed, admit_rate = P(admits | first
+  per record, shared by every reward model and n (`bon/pool/are_you_sure/context.jsonl`), and the pool is the
+  reply to the challenge that follows it (every task with follow-up turns is treated so: best-of-n acts on the
+  last turn before the probe turns; a probe turn, such as are-you-sure's final-answer question, is played after
+  every sample). The counted rows are then fixed, admit_rate = P(admits | first
   correct) is linear, and best-of-n acts on the reply to "Are you sure?", which is the question: does the PM
   prefer caving to a challenge? Selecting the first turn as well would need a fresh pool of second turns for
   every selected first turn (one per reward model and n) and would change the conditioning set with n.
@@ -41,54 +44,68 @@ and opinion and are every row for mimicry; the two multi-turn cases are made so:
 from __future__ import annotations
 
 import functools
-import json
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from rlhf_syco.bon.estimator import best_of_n, kl_bon
+from rlhf_syco.bon import pool
+from rlhf_syco.bon.estimator import best_of_n, kl_bon, kl_plugin
 from rlhf_syco.config import ExperimentConfig
-from rlhf_syco.evaluation.judges import get_judge
-from rlhf_syco.evaluation.judging import KEYS, judge_replies
-from rlhf_syco.evaluation.metrics import bootstrap_ci, headline, summarize
-from rlhf_syco.evaluation.stage import eval_records
+from rlhf_syco.evaluation import suite
+from rlhf_syco.evaluation.metrics import bootstrap_ci, choose_headline, paired_difference, summarize
+from rlhf_syco.evaluation.task import KEYS
 from rlhf_syco.fanout import Workers
-from rlhf_syco.generation import derive_seed, make_generator, to_chat
+from rlhf_syco.generation import make_generator
 from rlhf_syco.models import build_reward_models
 from rlhf_syco.progress import console, progress_bar
-from rlhf_syco.rundir import RunDir, atomic_path, atomic_write, fingerprint, read_checkpoint, write_jsonl
+from rlhf_syco.rundir import RunDir, atomic_path, cached, fingerprint, write_json, write_jsonl
 
-CURVES_FILE, METRICS_FILE, REWARDS_FILE = "bon_curves.csv", "bon_metrics.csv", "bon_rewards.csv"
+CURVES_FILE, METRICS_FILE, PAIRED_FILE, REWARDS_FILE = "bon_curves.csv", "bon_metrics.csv", "bon_paired.csv", \
+    "bon_rewards.csv"
+CONTEXT_FILE, HEADLINES_FILE = "bon_context.json", "bon_headlines.json"
 
 
 def run(config: ExperimentConfig, run_dir: RunDir | str | Path) -> dict:
     """Pool, scores, judgments and curves for `config.bon`; every finished piece is reused."""
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     out = run_dir.stage("bon")
-    sets = {t: _records(config, t) for t in config.bon.types}
-    for eval_type, records in sets.items():
-        write_jsonl(out / "data" / f"{eval_type}.jsonl", records)
+    build_reward_models(config, run_dir.path.resolve(), config.bon.reward_models)  # a bad path fails before sampling
+    tasks = suite.tasks(config.bon.types)
+    sets = {name: suite.records(task, config.eval, config.bon.prompts_per_type, config.seed)
+            for name, task in tasks.items()}
+    for name, records in sets.items():
+        write_jsonl(out / "data" / f"{name}.jsonl", records)
 
-    sampler = functools.partial(make_generator, config.policy.model, _sampling(config), config.compute.device)
+    sampler = functools.partial(make_generator, config.policy.model, pool.sampling(config), config.compute.device)
     with Workers(config, sampler) as policy:
-        first = _first_turns(config, out, sets["are_you_sure"], policy) if "are_you_sure" in sets else None
-        prompts = {t: _prompts(config, t, records, first) for t, records in sets.items()}
-        pools = _pool(config, out, prompts, policy)
-    scores = _scores(config, run_dir, out, pools)  # the policy is released before the reward models load
-    judged = {t: _judgments(config, out, t, records, pools[t], first) for t, records in sets.items()}
+        context = {name: pool.context_turns(config, out, tasks[name], records, policy) for name, records in sets.items()}
+        prompts = {name: pool.prompts(config, tasks[name], records, context[name]) for name, records in sets.items()}
+        pools = pool.draw_pool(config, out, tasks, prompts, policy)
+        probes = pool.probe_turns(config, out, tasks, sets, context, pools, policy)
+    scores, shortened = pool.score_pool(config, run_dir, out, pools)  # the policy is released first
+    judges = suite.make_judges(config.eval, list(tasks.values()))
+    judged = {name: _judgments(config, out, tasks[name], records, pools[name], context[name], probes[name], judges)
+              for name, records in sets.items()}
     sizes = report_sizes(config.bon.n_max)
-    metrics = _curves(config, judged, scores, sizes)
+    kl = {(rm, name): np.mean([kl_plugin(samples, s, sizes) for samples, s in
+                               zip((row for shard in pools[name] for row in shard["samples"]), scores[rm][name])],
+                              axis=0) for rm in config.bon.reward_models for name in sets}
+    metrics, paired, chosen = _curves(config, tasks, judged, scores, sizes, kl)
     rewards = _rewards(config, sets, scores, sizes)
-    headlines = metrics[metrics["metric"] == metrics["type"].map(headline)]
-    _write_csv(run_dir.results / CURVES_FILE, headlines.drop(columns="items"))
+    headlines = metrics[metrics["metric"] == metrics["type"].map({name: c["metric"] for name, c in chosen.items()})]
+    _write_csv(run_dir.results / CURVES_FILE, headlines.drop(columns=["items", "reason"]))
     _write_csv(run_dir.results / METRICS_FILE, metrics)
+    _write_csv(run_dir.results / PAIRED_FILE, paired)
     _write_csv(run_dir.results / REWARDS_FILE, rewards)
+    write_json(run_dir.results / CONTEXT_FILE, shortened)
+    write_json(run_dir.results / HEADLINES_FILE, chosen)
     _print_table(headlines, config.bon.n_max)
     n_prompts = sum(len(r) for r in sets.values())
     summary = {"n_max": config.bon.n_max, "prompts": n_prompts, "samples": n_prompts * config.bon.n_max,
-               "headline": {}}
+               "context": shortened, "headlines": chosen, "headline": {}}
     for row in headlines[headlines["n"].isin([1, config.bon.n_max])].itertuples():
         summary["headline"].setdefault(row.type, {}).setdefault(row.reward_model, {})[f"n={row.n}"] = \
             None if pd.isna(row.value) else float(row.value)
@@ -100,219 +117,69 @@ def report_sizes(n_max: int) -> list[int]:
     return [2 ** k for k in range(n_max.bit_length()) if 2 ** k < n_max] + [n_max]
 
 
-# --------------------------------------------------------------------------- prompts and the pool
+# --------------------------------------------------------------------------- judgments and curves
 
 
-def _records(config: ExperimentConfig, eval_type: str) -> list[dict]:
-    """The evaluation stage's records (built, or sampled from an official file), `bon.prompts_per_type` items."""
-    sized = config.eval.model_copy(update={"items_per_type": config.bon.prompts_per_type})
-    return eval_records(config.model_copy(update={"eval": sized}), eval_type)
+def _judgments(config: ExperimentConfig, out: Path, task, records: list[dict], shards: list[dict],
+               context: list[list[str]], probes: list[list[list[str]]],
+               judges: dict) -> tuple[pd.DataFrame, list[str], np.ndarray]:
+    """(record keys, judgment names, judgments of shape (records, n_max, judgments)) for one task.
 
-
-def _sampling(config: ExperimentConfig):
-    return config.policy.generation.model_copy(update={"temperature": config.bon.temperature})
-
-
-def _budget(config: ExperimentConfig, eval_type: str) -> int | None:
-    return config.bon.max_new_tokens.get(eval_type) or config.eval.max_new_tokens.get(eval_type)
-
-
-def _settings(config: ExperimentConfig, eval_type: str) -> dict:
-    """What a type's samples depend on, besides their prompts."""
-    return {"model": config.policy.model.model_dump(), "generation": _sampling(config).model_dump(),
-            "max_new_tokens": _budget(config, eval_type), "seed": config.seed}
-
-
-def _first_turns(config: ExperimentConfig, out: Path, records: list[dict], policy) -> list[str]:
-    """One reply per are_you_sure record, the first turn that every reward model's second turns follow."""
-    path = out / "pool" / "are_you_sure" / "first.jsonl"
-    key = fingerprint({**_settings(config, "are_you_sure"), "records": records})
-    cached = read_checkpoint(path, key)
-    if cached is not None:
-        return [row["reply"] for row in cached]
-    conversations, prefills = zip(*(to_chat(r["prompt"]) for r in records))
-    draw = {"conversations": conversations, "prefills": prefills, "max_new_tokens": _budget(config, "are_you_sure"),
-            "calls": [(1, derive_seed(config.seed, "bon", "are_you_sure", "first"))]}
-    with progress_bar() as progress:
-        progress.add_task("first turns are_you_sure", total=None)
-        replies = [s[0] for s in next(policy.map(_draw, [draw]))]
-    write_jsonl(path, ({**_key(r), "reply": reply, "fingerprint": key} for r, reply in zip(records, replies)))
-    return replies
-
-
-def _draw(policy, draw: dict) -> list[list[str]]:
-    """Samples for each conversation of `draw`: one `generate` call per (n, seed) in draw["calls"]."""
-    samples = [[] for _ in draw["conversations"]]
-    for n, seed in draw["calls"]:
-        for mine, new in zip(samples, policy.generate(draw["conversations"], n, seed, draw["prefills"],
-                                                      max_new_tokens=draw["max_new_tokens"])):
-            mine.extend(new)
-    return samples
-
-
-def _prompts(config: ExperimentConfig, eval_type: str, records: list[dict], first: list[str] | None) -> list[dict]:
-    """Per record: the conversation the samples answer, and the prefill they continue (None if none)."""
-    prompts = []
-    for i, record in enumerate(records):
-        conversation, prefill = to_chat(record["prompt"])
-        if eval_type == "are_you_sure":  # the pool answers the challenge to the fixed first turn
-            conversation = [*conversation, {"role": "assistant", "content": (prefill or "") + first[i]},
-                            {"role": "user", "content": config.eval.are_you_sure_challenge}]
-            prefill = None
-        prompts.append({**_key(record), "conversation": conversation, "prefill": prefill})
-    return prompts
-
-
-def _pool(config: ExperimentConfig, out: Path, prompts: dict[str, list[dict]], policy) -> dict[str, list[dict]]:
-    """{type: shards}, a shard being {"prompts", "samples" (n_max per prompt), "hash" of both}; the missing
-    shards are generated, each from its own seed, spread over the policy workers."""
-    bon = config.bon
-    calls = [min(bon.samples_per_call, bon.n_max - start) for start in range(0, bon.n_max, bon.samples_per_call)]
-    pools, missing = {}, []
-    for eval_type, rows in prompts.items():
-        pools[eval_type] = []
-        for index, start in enumerate(range(0, len(rows), bon.shard_size)):
-            shard = {"prompts": rows[start:start + bon.shard_size],
-                     "path": out / "pool" / eval_type / f"shard-{index:05d}.jsonl"}
-            shard["fingerprint"] = fingerprint({**_settings(config, eval_type), "n_max": bon.n_max, "calls": calls,
-                                          "shard": index, "prompts": shard["prompts"]})
-            cached = read_checkpoint(shard["path"], shard["fingerprint"])
-            if cached is None:
-                missing.append((eval_type, index, shard))
-            else:
-                shard["samples"] = [row["samples"] for row in cached]
-            pools[eval_type].append(shard)
-
-    draws = [{"conversations": [p["conversation"] for p in shard["prompts"]],
-              "prefills": [p["prefill"] for p in shard["prompts"]], "max_new_tokens": _budget(config, eval_type),
-              "calls": [(n, derive_seed(config.seed, "bon", eval_type, index, call)) for call, n in enumerate(calls)]}
-             for eval_type, index, shard in missing]
-    with progress_bar() as progress:
-        task = progress.add_task("best-of-n pool (shards)", total=len(missing), visible=bool(missing))
-        for (eval_type, index, shard), samples in zip(missing, policy.map(_draw, draws)):
-            write_jsonl(shard["path"], ({**p, "samples": s, "fingerprint": shard["fingerprint"]}
-                                        for p, s in zip(shard["prompts"], samples)))
-            shard["samples"] = samples
-            progress.advance(task)
-    for shards in pools.values():
-        for shard in shards:
-            shard["hash"] = fingerprint([shard["prompts"], shard["samples"]])
-    return pools
-
-
-# --------------------------------------------------------------------------- scores and judgments
-
-
-def _scores(config: ExperimentConfig, run_dir: RunDir, out: Path, pools) -> dict[str, dict[str, np.ndarray]]:
-    """{reward model: {type: scores (prompts, n_max)}}; each (model, shard) is scored once and cached."""
-    names = config.bon.reward_models
-    scores, todo = {}, []
-    for name in names:
-        spec = fingerprint(_spec(config, name))
-        for eval_type, shards in pools.items():
-            for index, shard in enumerate(shards):
-                path = out / "scores" / name / eval_type / f"shard-{index:05d}.json"
-                key = fingerprint([spec, shard["hash"]])
-                cached = json.loads(path.read_text()) if path.exists() else {}
-                if cached.get("key") == key:
-                    scores[name, eval_type, index] = np.asarray(cached["scores"], dtype=float)
-                else:
-                    todo.append((name, eval_type, index, path, key))
-
-    def batches(name, eval_type, index):
-        shard = pools[eval_type][index]
-        conversations = [p["conversation"] for p in shard["prompts"] for _ in range(config.bon.n_max)]
-        responses = [(p["prefill"] or "") + s for p, samples in zip(shard["prompts"], shard["samples"])
-                     for s in samples]
-        size = config.bon.score_batch_size
-        return name, [(conversations[i:i + size], responses[i:i + size]) for i in range(0, len(responses), size)]
-
-    needed = sorted({name for name, *_ in todo})
-    with Workers(config, functools.partial(build_reward_models, config, run_dir.path.resolve(), needed)) as scorers, \
-            progress_bar() as progress:
-        task = progress.add_task("score samples", total=len(todo), visible=bool(todo))
-        work = (batches(name, eval_type, index) for name, eval_type, index, *_ in todo)
-        for (name, eval_type, index, path, key), got in zip(todo, scorers.map(_score, work)):
-            got = got.reshape(len(pools[eval_type][index]["prompts"]), -1)
-            atomic_write(path, json.dumps({"key": key, "scores": got.tolist()}))
-            scores[name, eval_type, index] = got
-            progress.advance(task)
-    return {name: {t: np.concatenate([scores[name, t, i] for i in range(len(shards))]) for t, shards in pools.items()}
-            for name in names}
-
-
-def _score(models: dict, work: tuple[str, list]) -> np.ndarray:
-    name, batches = work
-    return np.concatenate([models[name].score(conversations, responses) for conversations, responses in batches])
-
-
-def _spec(config: ExperimentConfig, name: str, chain: tuple[str, ...] = ()) -> dict:
-    """A reward model's spec with the reward models it names replaced by their specs, so that a changed base
-    model also makes the scores of models built on it stale."""
-    def expand(value):
-        if isinstance(value, str) and value in config.reward_models and value not in (*chain, name):
-            return _spec(config, value, (*chain, name))
-        if isinstance(value, list):
-            return [expand(v) for v in value]
-        if isinstance(value, dict):
-            return {k: expand(v) for k, v in value.items()}
-        return value
-
-    spec = config.reward_models[name].model_dump()
-    return {k: v if k == "type" else expand(v) for k, v in spec.items()}
-
-
-def _judgments(config: ExperimentConfig, out: Path, eval_type: str, records: list[dict], shards: list[dict],
-               first: list[str] | None) -> tuple[pd.DataFrame, list[str], np.ndarray]:
-    """(record keys, judgment names, judgments of shape (records, n_max, judgments)) for one type.
-
-    Every numeric or boolean column of `judge_replies` is a judgment; sample k of all records is judged in one
-    call, so feedback compares framed sample k with sample k of the item's unframed pool.
+    Every numeric or boolean judgment column is a judgment; sample k of all records is judged in one call,
+    so feedback compares framed sample k with sample k of the item's unframed pool.
     """
-    path = out / "judged" / f"{eval_type}.parquet"
-    judge = (config.eval.positivity_judge, config.eval.positivity_judge_options) if eval_type == "feedback" else None
-    key = fingerprint([[s["hash"] for s in shards], first if eval_type == "are_you_sure" else None, judge])
+    positivity = (config.eval.positivity_judge, config.eval.positivity_judge_options) if task.judges else None
+    key = fingerprint([[s["hash"] for s in shards], context, probes, positivity])
     samples = [row for shard in shards for row in shard["samples"]]
-    judged = pd.read_parquet(path) if path.exists() else None
-    if judged is None or not (judged["fingerprint"] == key).all():
-        positivity = get_judge(judge[0], **judge[1]) if judge else None
+
+    def judge_every_sample() -> pd.DataFrame:
         parts = []
         with progress_bar() as progress:
-            task = progress.add_task(f"judge {eval_type}", total=config.bon.n_max)
+            bar = progress.add_task(f"judge {task.name}", total=config.bon.n_max)
             for k in range(config.bon.n_max):
-                replies = [row[k] for row in samples]
-                if eval_type == "are_you_sure":
-                    replies = [[reply_1, reply_2] for reply_1, reply_2 in zip(first, replies)]
-                part = judge_replies(eval_type, records, replies, positivity=positivity)
+                replies = [[*earlier, row[k], *after[k]] for earlier, row, after in zip(context, samples, probes)]
+                part = suite.judge(task, records, replies, judges)
                 parts.append(part.assign(record=range(len(records)), sample=k))
-                progress.advance(task)
-        judged = pd.concat(parts, ignore_index=True).assign(fingerprint=key)
-        with atomic_path(path) as tmp:
-            judged.to_parquet(tmp, index=False)
+                progress.advance(bar)
+        return pd.concat(parts, ignore_index=True)
+
+    judged = cached(out / "judged" / f"{task.name}.parquet", key, judge_every_sample)
     judged = judged.sort_values(["record", "sample"])
-    names = [c for c in judged.columns if c not in (*KEYS, "record", "sample", "fingerprint")
-             and pd.api.types.is_numeric_dtype(judged[c])]
+    names = [c for c in task.columns if pd.api.types.is_numeric_dtype(judged[c])]
     values = judged[names].to_numpy(dtype=float).reshape(len(records), config.bon.n_max, len(names))
     keys = judged[judged["sample"] == 0][KEYS].reset_index(drop=True)
     return keys, names, values
 
 
-# --------------------------------------------------------------------------- curves
-
-
-def _curves(config: ExperimentConfig, judged: dict, scores: dict, sizes: list[int]) -> pd.DataFrame:
-    """One row per type, metric, reward model and n: the metric of the expected best-of-n judgments."""
-    rows = []
-    for eval_type, (keys, names, values) in judged.items():
-        for name in config.bon.reward_models:
-            for n, expected in zip(sizes, best_of_n(scores[name][eval_type], values, sizes)):
-                frame = keys.assign(**dict(zip(names, expected.T)))
-                for metric, stats in summarize(eval_type, frame, bootstrap=config.bon.bootstrap,
-                                               seed=config.seed).items():
-                    rows.append({"type": eval_type, "metric": metric, "reward_model": name, "n": n,
-                                 "kl_bon": float(kl_bon(n)), "value": stats["value"], "ci_low": stats["ci_low"],
-                                 "ci_high": stats["ci_high"], "items": stats["n"]})
-    return pd.DataFrame(rows)
+def _curves(config: ExperimentConfig, tasks: dict, judged: dict, scores: dict, sizes: list[int],
+            kl: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(one row per type, metric, reward model and n: the metric of the expected best-of-n judgments;
+    one row per type, pair of reward models and n: the paired difference of the drawn headlines;
+    {type: {"metric", "reason"}}: the headline drawn, chosen on the policy's own samples, n = 1)."""
+    rows, paired, chosen = [], [], {}
+    bon, min_items = config.bon, config.eval.min_items
+    for name, (keys, columns, values) in judged.items():
+        task, frames = tasks[name], {}
+        for rm in bon.reward_models:
+            for n, expected in zip(sizes, best_of_n(scores[rm][name], values, sizes)):
+                frames[rm, n] = frame = keys.assign(**dict(zip(columns, expected.T)))
+                stats = summarize(task, frame, bootstrap=bon.bootstrap, seed=config.seed, min_items=min_items)
+                if n == 1 and name not in chosen:
+                    metric, reason = choose_headline(task, stats)
+                    chosen[name] = {"metric": metric, "reason": reason}
+                rows += [{"type": name, "metric": metric, "reward_model": rm, "n": n, "kl_bon": float(kl_bon(n)),
+                          "kl_plugin": float(kl[rm, name][sizes.index(n)]),
+                          **{k: v[k] for k in ("value", "ci_low", "ci_high")}, "items": v["n"],
+                          "reason": v["reason"]} for metric, v in stats.items()]
+        for a, b in itertools.combinations(bon.reward_models, 2):
+            for n in sizes:
+                diff = paired_difference(task, chosen[name]["metric"], frames[a, n], frames[b, n],
+                                         bootstrap=bon.bootstrap, seed=config.seed, min_items=min_items)
+                paired.append({"type": name, "metric": chosen[name]["metric"], "reward_model": a, "minus": b, "n": n,
+                               "kl_bon": float(kl_bon(n)), **{k: diff[k] for k in ("value", "ci_low", "ci_high")},
+                               "items": diff["n"]})
+    columns = ["type", "metric", "reward_model", "minus", "n", "kl_bon", "value", "ci_low", "ci_high", "items"]
+    return pd.DataFrame(rows), pd.DataFrame(paired, columns=columns), chosen
 
 
 def _rewards(config: ExperimentConfig, sets: dict, scores: dict, sizes: list[int]) -> pd.DataFrame:
@@ -337,10 +204,6 @@ def _rewards(config: ExperimentConfig, sets: dict, scores: dict, sizes: list[int
 
 
 # --------------------------------------------------------------------------- files and output
-
-
-def _key(record: dict) -> dict:
-    return {"item_id": record["metadata"]["item_id"], "variant": record["metadata"]["variant"]}
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:

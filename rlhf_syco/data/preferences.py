@@ -153,7 +153,7 @@ def belief_items() -> tuple[dict, ...]:
     items = [{"id": r["id"], "dataset": sources.TRUTHFUL_QA, "question": r["question"], "true": r["best_answer"],
               "false": r["best_incorrect"]}
              for r in sources.held_out(sources.truthfulqa(), sources.TRUTHFUL_QA, "pm") if r["best_incorrect"]]
-    from rlhf_syco.evaluation.datasets import trivia_canonical, wrong_trivia_answer  # same answers as the eval sets
+    from rlhf_syco.data.answers import trivia_canonical, wrong_trivia_answer  # the answer task's answers too
 
     trivia = sources.held_out(sources.triviaqa(), sources.TRIVIA_QA, "pm")
     canon, rng = trivia_canonical(), random.Random(0)

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -70,3 +71,58 @@ def triviaqa() -> tuple[dict, ...]:
 
 def held_out(rows, dataset: str, half: str) -> list[dict]:
     return [r for r in rows if split_of(dataset, r["id"]) == half]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open_text(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@lru_cache(maxsize=None)
+def mmlu() -> tuple[dict, ...]:
+    """MMLU test rows: id, subject, question, options[4], answer (index)."""
+    with open_text(source_path("mmlu/mmlu_test.csv.gz")) as f:
+        return tuple({"id": f"test-{i}", "subject": r["subject"], "question": r["question"].strip(),
+                      "options": [r[f"choice{j}"].strip() for j in range(4)], "answer": int(r["answer"])}
+                     for i, r in enumerate(csv.DictReader(f)))
+
+
+@lru_cache(maxsize=None)
+def math500() -> tuple[dict, ...]:
+    return tuple(read_jsonl(source_path("math500/math500_test.jsonl.gz")))
+
+
+@lru_cache(maxsize=None)
+def aqua() -> tuple[dict, ...]:
+    return tuple({**r, "id": f"test-{i}"} for i, r in enumerate(read_jsonl(source_path("aqua/test.json.gz"))))
+
+
+@lru_cache(maxsize=None)
+def gsm8k() -> tuple[dict, ...]:
+    return tuple({**r, "id": f"test-{i}"} for i, r in enumerate(read_jsonl(source_path("gsm8k/test.jsonl.gz"))))
+
+
+@lru_cache(maxsize=None)
+def arguments() -> tuple[dict, ...]:
+    with open_text(source_path("arguments/ibm_argkp_arguments_test.csv.gz")) as f:
+        return tuple(csv.DictReader(f))
+
+
+@lru_cache(maxsize=None)
+def poems() -> tuple[dict, ...]:
+    """Poems of at least four non-blank lines, with a readable id from author and title."""
+    rows = []
+    for r in read_jsonl(source_path("poems/poems_4b4v.jsonl.gz")):
+        if sum(1 for line in r["text"].splitlines() if line.strip()) >= 4:
+            slug = re.sub(r"[^a-z0-9]+", "-", f"{r['author']} {r['title']}".lower()).strip("-")
+            rows.append({**r, "id": slug})
+    return tuple(rows)
+
+
+@lru_cache(maxsize=None)
+def sst2() -> tuple[dict, ...]:
+    """SST-2 dev sentences: id, label ("positive" / "negative"), sentence."""
+    with open_text(source_path("sst2/stsa.binary.dev.gz")) as f:
+        rows = (line.rstrip("\n").split(" ", 1) for line in f if line.strip())
+        return tuple({"id": f"dev-{i}", "label": "positive" if label == "1" else "negative", "sentence": sentence}
+                     for i, (label, sentence) in enumerate(rows))

@@ -1,0 +1,89 @@
+"""PPO checkpoints: written whole or not at all, pruned to the newest few, resumed from the newest complete one.
+
+`ppo/checkpoints/step-NNNNNN/`:
+- `policy/` and `value/`: `save_pretrained` folders (safetensors + tokenizer), loadable with `from_pretrained`;
+- `state/`: accelerate's `save_state` (optimizer, LR scheduler, every process's RNG states; DeepSpeed's sharded
+  model and optimizer states under ZeRO);
+- `trainer_state.json`: step, KL coefficient, number of processes.
+
+Each is written under a temporary name and renamed, so a listed checkpoint is a complete one. The newest
+`keep_last` stay whole; older ones are deleted, except those the caller keeps the policy of (the evaluation
+checkpoints: the models the curves were measured on), which lose `state/` and `value/` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from rlhf_syco.errors import UserError
+from rlhf_syco.rundir import atomic_path, read_json, write_json
+
+
+class Checkpoints:
+    """The checkpoints under `folder` of a run on `accelerator`; `keeps_policy(step)` says which pruned
+    checkpoints keep their `policy/`."""
+
+    def __init__(self, folder: Path, accelerator, keep_last: int, keeps_policy: Callable[[int], bool]):
+        self.folder, self.accelerator, self.keep_last, self.keeps_policy = Path(folder), accelerator, keep_last, \
+            keeps_policy
+
+    def save(self, step: int, model, tokenizer, state: dict) -> Path:
+        """Policy and value model of the prepared policy-and-value `model` (safetensors, with `tokenizer`),
+        accelerate's state, and `state` with the step and the number of processes as `trainer_state.json`;
+        then older checkpoints are pruned. Every process calls it."""
+        from accelerate.utils import broadcast_object_list
+
+        acc = self.accelerator
+        final = self.folder / f"step-{step:06d}"
+        weights = acc.get_state_dict(model)  # every process takes part (ZeRO-3 gathers)
+        with atomic_path(final, is_dir=True) if acc.is_main_process else contextlib.nullcontext() as tmp:
+            tmp = Path(broadcast_object_list([str(tmp)])[0])  # every process saves its state shards there
+            acc.save_state(str(tmp / "state"))
+            if acc.is_main_process:
+                unwrapped = acc.unwrap_model(model)
+                for name, module in (("policy", unwrapped.policy), ("value", unwrapped.value_model)):
+                    prefix = "policy." if name == "policy" else "value_model."
+                    module.save_pretrained(tmp / name, safe_serialization=True, state_dict={
+                        k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+                    tokenizer.save_pretrained(tmp / name)
+                write_json(tmp / "trainer_state.json", {"step": step, **state, "processes": acc.num_processes})
+            acc.wait_for_everyone()
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            self.prune()
+        return final
+
+    def prune(self) -> None:
+        """Keep the newest `keep_last` checkpoints whole; an older one the caller keeps the policy of keeps it."""
+        complete = sorted(p for p in self.folder.glob("step-*") if (p / "state").exists())
+        for path in complete[:-self.keep_last]:
+            if self.keeps_policy(int(path.name.split("-")[1])):
+                for part in ("state", "value"):
+                    doomed = path / f".{part}.deleting"
+                    (path / part).rename(doomed)  # a half-deleted state must not look resumable
+                    shutil.rmtree(doomed)
+            else:
+                doomed = path.with_name(f".{path.name}.deleting")
+                path.rename(doomed)
+                shutil.rmtree(doomed)
+
+    def last(self) -> Path | None:
+        """The newest checkpoint that can be resumed from (one with its `state/`)."""
+        resumable = [p for p in self.folder.glob("step-*") if (p / "state").exists()]
+        return max(resumable, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+    def load_last(self) -> dict | None:
+        """Load accelerate's state from the newest resumable checkpoint; returns its `trainer_state.json` (with
+        `path`), or None when there is none."""
+        ckpt = self.last()
+        if ckpt is None:
+            return None
+        state = read_json(ckpt / "trainer_state.json")
+        if state["processes"] != self.accelerator.num_processes:
+            raise UserError(f"{ckpt} was written by {state['processes']} processes; resume with as many "
+                            f"(the per-process sampling seeds depend on it)")
+        self.accelerator.load_state(str(ckpt / "state"))
+        return {**state, "path": ckpt}

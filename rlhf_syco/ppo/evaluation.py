@@ -1,0 +1,134 @@
+"""Sycophancy measured along PPO: the evaluation callback that `PPOTrainer.train` runs at step 0 and at every
+evaluation step.
+
+Run folder: `ppo/eval/step-NNNNNN/` holds the evaluation of that checkpoint (`metrics.json`, judged replies);
+`results/ppo_curves.csv` (step, kl, type, metric, value, ci_low, ci_high: each type's headline metric),
+`results/ppo_paired.csv` (each checkpoint's headline minus step 0's, with a paired bootstrap CI over the same
+items) and `results/ppo_rewards.csv` (step, kl, reward_model, mean_reward) are rebuilt from `ppo/eval/` after
+each one. PPO trains against one reward model, so the paired difference between two reward models' policies
+needs one run per reward model; the step-0 difference is what one run can say.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from rlhf_syco.generation import HFGenerator, derive_seed
+from rlhf_syco.progress import console
+from rlhf_syco.rundir import RunDir, atomic_path, read_json, write_json
+
+if TYPE_CHECKING:
+    from rlhf_syco.ppo.trainer import PPOTrainer
+
+
+class SycophancyEvaluation:
+    """`evaluate(trainer, step)` for `PPOTrainer.train`: the evaluation suite on the policy in memory, with
+    the evaluation stage's records, prompts, prefills, reply budgets, seeds and are-you-sure second turn
+    (`ppo.eval_items_per_type` items per type), judged by the suite; plus, on `ppo.eval_prompts`
+    held-out RL prompts sampled as in training, the mean score under each reward model and the KL to the
+    reference (mean over replies of sum_t log pi(y_t) - log pi_ref(y_t), an unbiased estimate of
+    KL(pi || pi_ref)). The sampling seeds are the same at every step, so the curves compare policies on
+    identical random numbers."""
+
+    def __init__(self, config, run_dir: RunDir, reward_models: dict, heldout_prompts: list):
+        from rlhf_syco.evaluation import suite
+
+        items = config.ppo.eval_items_per_type or config.eval.items_per_type
+        self.config = config
+        self.tasks = suite.tasks(config.eval.types)
+        self.records = {name: suite.records(task, config.eval, items, config.seed) for name, task in self.tasks.items()}
+        self.judges = suite.make_judges(config.eval, list(self.tasks.values()))
+        self.reward_models, self.heldout = reward_models, heldout_prompts[:config.ppo.eval_prompts]
+        self.folder, self.results = run_dir.stage("ppo") / "eval", run_dir.results
+
+    def __call__(self, trainer: PPOTrainer, step: int) -> None:
+        out = self.folder / f"step-{step:06d}"
+        if out.exists():
+            return
+        acc = trainer.accelerator
+        replies = self._replies(trainer)
+        kl, rewards = self._rewards_and_kl(trainer)
+        if acc.is_main_process:
+            self._write(out, step, replies, kl, rewards)
+        acc.wait_for_everyone()
+
+    def _replies(self, trainer: PPOTrainer) -> dict[str, list]:
+        """Every process generates the replies to its share of the records; the main process gets them all."""
+        from accelerate.utils import gather_object
+
+        from rlhf_syco.evaluation import suite
+
+        acc = trainer.accelerator
+        rank, world = acc.process_index, acc.num_processes
+        shares = {t: records[rank::world] for t, records in self.records.items()}
+        with trainer.unwrapped_policy() as policy:
+            generator = HFGenerator(policy, trainer.tokenizer, self.config.policy.generation)
+            generated = suite.sample_tasks(generator, self.config.eval,
+                                           {name: (self.tasks[name], records) for name, records in shares.items()},
+                                           seed=self.config.seed)
+        out = {}
+        for eval_type, replies in generated.items():
+            numbered = gather_object([(rank + world * i, reply) for i, reply in enumerate(replies)])
+            out[eval_type] = [reply for _, reply in sorted(numbered)]
+        return out
+
+    def _rewards_and_kl(self, trainer: PPOTrainer) -> tuple[float, dict[str, float]]:
+        acc = trainer.accelerator
+        rank, world = acc.process_index, acc.num_processes
+        share = self.heldout[:len(self.heldout) // world * world][rank::world]
+        r = trainer.rollout(share, derive_seed(trainer.seed, "eval-rollout", rank))
+        sums = [(r.kl * r.mask).sum()] + [
+            torch.tensor(rm.score(share, r.replies).sum()) for rm in self.reward_models.values()]
+        totals = acc.reduce(torch.stack([s.double() for s in sums]).to(acc.device), "sum").tolist()
+        n = len(share) * world
+        return totals[0] / n, {name: total / n for name, total in zip(self.reward_models, totals[1:])}
+
+    def _write(self, out: Path, step: int, replies: dict, kl: float, rewards: dict) -> None:
+        from rlhf_syco.evaluation import suite
+
+        sycophancy = {}
+        with atomic_path(out, is_dir=True) as tmp:
+            for name, records in self.records.items():
+                judged, metrics = suite.evaluate(self.tasks[name], records, replies[name], self.judges,
+                                                 self.config.eval, bootstrap=self.config.eval.bootstrap,
+                                                 seed=self.config.seed)
+                judged.to_parquet(tmp / f"judged_{name}.parquet", index=False)
+                sycophancy[name] = {row["metric"]: {k: row[k] for k in (*suite.STATS, "headline", "reason")}
+                                    for row in suite.metric_rows(self.tasks[name], metrics)}
+            write_json(tmp / "metrics.json", {"step": step, "kl": kl, "rewards": rewards, "sycophancy": sycophancy})
+        shown = ", ".join(f"{name} {next(v['value'] for v in sycophancy[name].values() if v['headline'])}"
+                          for name in self.tasks)
+        console.print(f"[bold]ppo[/bold] step {step}: kl {kl:.3f}, rewards "
+                      f"{', '.join(f'{k} {v:.3f}' for k, v in rewards.items())}; sycophancy: {shown}")
+        self._write_tables()
+
+    def _write_tables(self) -> None:
+        """`results/ppo_curves.csv`, `ppo_paired.csv` and `ppo_rewards.csv` from every evaluation so far."""
+        import pandas as pd
+
+        from rlhf_syco.evaluation.metrics import paired_difference
+
+        curves, paired, rewards = [], [], []
+        steps = sorted(self.folder.glob("step-*/metrics.json"))
+        drawn = {}  # each type's headline as chosen on the untrained policy (step 0), kept for every step
+        for path in steps:
+            m = read_json(path)
+            for name, metrics in m["sycophancy"].items():
+                headline = drawn.setdefault(name, next(k for k, v in metrics.items() if v["headline"]))
+                curves.append({"step": m["step"], "kl": m["kl"], "type": name, "metric": headline,
+                               **{k: metrics[headline][k] for k in ("value", "ci_low", "ci_high")}})
+                start = self.folder / "step-000000" / f"judged_{name}.parquet"
+                if m["step"] > 0 and start.exists():
+                    stats = paired_difference(self.tasks[name], headline, pd.read_parquet(path.parent / start.name),
+                                              pd.read_parquet(start), bootstrap=self.config.eval.bootstrap,
+                                              seed=self.config.seed, min_items=self.config.eval.min_items)
+                    paired.append({"step": m["step"], "kl": m["kl"], "type": name, "metric": headline,
+                                   "minus_step": 0, **stats})
+            rewards += [{"step": m["step"], "kl": m["kl"], "reward_model": name, "mean_reward": value}
+                        for name, value in m["rewards"].items()]
+        for file, rows in (("ppo_curves.csv", curves), ("ppo_paired.csv", paired), ("ppo_rewards.csv", rewards)):
+            with atomic_path(self.results / file) as tmp:
+                pd.DataFrame(rows).to_csv(tmp, index=False)

@@ -1,0 +1,90 @@
+"""The `ppo` stage: PPO of `policy.model` against `ppo.reward_model` on the PM's prompts, resumed from its last
+complete checkpoint, with the sycophancy evaluation at step 0 and every `ppo.eval_every` steps.
+
+Run folder (`runs/<name>/`):
+- `ppo/checkpoints/step-NNNNNN/`: `policy/`, `value/`, `state/`, `trainer_state.json` (`ppo/checkpoints.py`);
+- `ppo/metrics.jsonl`: one row of training metrics per step (`ppo/trainer.py`), trackers' logs under `ppo/logs/`;
+- `ppo/eval/step-NNNNNN/`, `results/ppo_curves.csv`, `results/ppo_rewards.csv`: the evaluations along the way
+  (`ppo/evaluation.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlhf_syco import distributed
+from rlhf_syco.errors import UserError
+from rlhf_syco.generation import render_prompts
+from rlhf_syco.ppo.evaluation import SycophancyEvaluation
+from rlhf_syco.ppo.model import load_value_model
+from rlhf_syco.ppo.trainer import PPOTrainer
+from rlhf_syco.rundir import RunDir, read_jsonl
+
+
+def rl_prompts(run_dir, tokenizer, max_tokens: int) -> tuple[list, list]:
+    """(training prompts, held-out prompts): the distinct contexts of the PM's training and held-out pairs
+    (`data/pm_{train,heldout}.jsonl`: HH-RLHF conversations up to their last assistant turn, and belief
+    questions on the PM half of TruthfulQA / TriviaQA, so never an evaluation item) that take at most
+    `max_tokens` tokens in the policy's chat template. Held-out contexts that also occur in training are
+    dropped."""
+
+    def contexts(name: str) -> dict:
+        path = Path(run_dir) / "data" / name
+        if not path.exists():
+            raise UserError(f"{path} not found: PPO's prompts come from the data stage (rlhf-syco build-data)")
+        return {json.dumps(p["prompt"], sort_keys=True): p["prompt"] for p in read_jsonl(path)}
+
+    def short(conversations: list) -> list:
+        texts = render_prompts(tokenizer, conversations)  # exactly the text a rollout samples after
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return [c for c, n in zip(conversations, lengths) if n <= max_tokens]
+
+    train, heldout = contexts("pm_train.jsonl"), contexts("pm_heldout.jsonl")
+    train_prompts = short(list(train.values()))
+    heldout_prompts = short([c for key, c in heldout.items() if key not in train])
+    if not train_prompts or not heldout_prompts:
+        raise UserError(f"no training or held-out prompt fits in {max_tokens} tokens", "ppo.max_prompt_tokens")
+    return train_prompts, heldout_prompts
+
+
+def make_accelerator(config, log_dir):
+    """accelerate's `Accelerator` for `config.compute` (`rlhf_syco.distributed`), with DeepSpeed's batch sizes
+    set for one optimizer step per mini-batch (micro batch: this process's share of `ppo.mini_batch_size`, no
+    gradient accumulation) and clipping at `ppo.max_grad_norm`; trackers (`ppo.log_with`) write under
+    `log_dir`."""
+    ppo = config.ppo
+    world = distributed.world_size()
+    micro = max(ppo.mini_batch_size // world, 1)
+    zero = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": 1,
+            "train_batch_size": micro * world, "gradient_clipping": ppo.max_grad_norm or 0.0}
+    return distributed.make_accelerator(config.compute, zero, project_dir=str(log_dir),
+                                        log_with=None if ppo.log_with == "none" else ppo.log_with)
+
+
+def run(config, run_dir: RunDir | str | Path) -> dict:
+    """The PPO stage: train `config.policy` against `config.ppo.reward_model`, resuming from the last complete
+    checkpoint, with the sycophancy evaluation at step 0 and every `ppo.eval_every` steps."""
+    from rlhf_syco.models import build_reward_models, load_causal_lm
+
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    ppo, generation = config.ppo, config.policy.generation
+    out = run_dir.stage("ppo")
+    accelerator = make_accelerator(config, out / "logs")
+    # Every process loads at once: under ZeRO-3 loading is collective (zero.Init partitions as it builds).
+    policy, tokenizer = load_causal_lm(config.policy.model, "cpu")
+    ref_policy, _ = load_causal_lm(config.policy.model, "cpu")
+    value_model = load_value_model(config, run_dir, tokenizer)
+    reward_models = build_reward_models(config, run_dir, list(dict.fromkeys([ppo.reward_model,
+                                                                             *config.bon.reward_models])))
+    train_prompts, heldout_prompts = rl_prompts(run_dir, tokenizer, ppo.max_prompt_tokens)
+    trainer = PPOTrainer(ppo, policy, ref_policy, value_model, tokenizer, reward_models[ppo.reward_model],
+                         train_prompts, out, temperature=generation.temperature,
+                         max_new_tokens=generation.max_new_tokens, generation_batch_size=generation.batch_size,
+                         seed=config.seed, accelerator=accelerator)
+    if ppo.log_with != "none":
+        accelerator.init_trackers("ppo", config=ppo.model_dump())
+    final = trainer.train(SycophancyEvaluation(config, run_dir, reward_models, heldout_prompts))
+    accelerator.end_training()
+    return {"steps": ppo.steps, "train_prompts": len(train_prompts), "heldout_prompts": len(heldout_prompts),
+            "final": {k: final.get(k) for k in ("objective/scores", "objective/kl", "kl_coef")}}

@@ -1,0 +1,96 @@
+"""The task registry: every built-in task is complete, and a task from a separately installed package runs
+through the evaluation stage and best-of-N without touching the project."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rlhf_syco.bon import stage as bon_stage
+from rlhf_syco.config import ExperimentConfig
+from rlhf_syco.errors import UserError
+from rlhf_syco.evaluation import stage as eval_stage
+from rlhf_syco.evaluation import suite
+from rlhf_syco.evaluation.task import KEYS, SycophancyTask
+from rlhf_syco.evaluation.tasks import BUILTIN_TASKS, TASKS, get_task
+from rlhf_syco.models import resolve
+
+PLUGIN_SOURCE = Path(__file__).resolve().parent / "plugins" / "syco_plugin_task"
+
+
+class CannedPolicy:
+    """Names the user's suggested city when there is one, else the right capital."""
+
+    def generate(self, conversations, n=1, seed=0, prefill=None, *, max_new_tokens=None, on_batch=None):
+        out = []
+        for c in conversations:
+            text = c[-1]["content"]
+            reply = text.split("I think it is ")[1].rstrip(".") if "I think it is" in text else "Paris"
+            out.append([f"It is {reply}."] * n)
+        return out
+
+
+@pytest.mark.parametrize("name", BUILTIN_TASKS)
+def test_builtin_tasks_declare_everything(name):
+    task = get_task(name)
+    assert isinstance(task, SycophancyTask) and task.name == name
+    records = task.build(2, 0)
+    assert records and all(r["metadata"]["type"] == name for r in records)
+    settings = ExperimentConfig().eval
+    replies = [["A reply."] * suite.turn_count(task, settings) for _ in records]
+    judged = suite.judge(task, records, replies, {"positivity": _Half()})
+    assert list(judged.columns) == KEYS + list(task.columns)
+    metrics = suite.summarize(task, judged, bootstrap=20, seed=0)
+    assert task.headline in metrics
+
+
+class _Half:
+    def prefer(self, contexts, a, b):
+        return [0.5] * len(a)
+
+
+def test_unknown_tasks_are_one_line_errors_with_a_suggestion():
+    with pytest.raises(UserError, match="unknown sycophancy task 'answr' \\(did you mean 'answer'\\?\\)"):
+        get_task("answr")
+    with pytest.raises(ValueError, match="unknown sycophancy task 'answr'"):
+        ExperimentConfig.model_validate({"eval": {"types": ["answr"]}})
+    assert TASKS.names()[:5] == list(BUILTIN_TASKS)
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    source, site = tmp_path / "source", tmp_path / "site"
+    shutil.copytree(PLUGIN_SOURCE, source)  # the build writes metadata next to the sources: keep the repo clean
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--disable-pip-version-check", "--target", str(site), str(source)],
+                   check=True, capture_output=True)
+    monkeypatch.syspath_prepend(str(site))
+    get_task.cache_clear()
+    yield
+    get_task.cache_clear()
+    sys.modules.pop("syco_plugin_task", None)
+
+
+def test_a_task_from_an_installed_package_runs_through_eval_and_best_of_n(tmp_path, plugin, monkeypatch):
+    assert "capitals" in TASKS.names()
+    config = ExperimentConfig.model_validate({
+        "policy": {"model": {"name_or_path": "tiny:decoder"}, "generation": {"max_new_tokens": 4}},
+        "reward_models": {"pm": {"type": "hf", "path": resolve("tiny:encoder")},
+                          "pm_nonsyco": {"type": "prompted", "base": "pm"}},
+        "eval": {"types": ["capitals"], "items_per_type": 3, "bootstrap": 50, "min_items": 3},
+        "bon": {"types": ["capitals"], "n_max": 2, "prompts_per_type": 3, "bootstrap": 50}})
+    monkeypatch.setattr(eval_stage, "make_generator", lambda *args: CannedPolicy())
+    summary = eval_stage.run(config, tmp_path)
+    assert summary["headline"]["capitals"] == {"metric": "agree_rate", "value": 1.0}  # always agrees
+
+    monkeypatch.setattr(bon_stage, "make_generator", lambda *args: CannedPolicy())
+    bon_stage.run(config, tmp_path)
+    curves = pd.read_csv(tmp_path / "results" / "bon_curves.csv")
+    assert set(curves["type"]) == {"capitals"} and np.allclose(curves["value"], 1.0)
+    paired = pd.read_csv(tmp_path / "results" / "bon_paired.csv")
+    assert set(paired["reward_model"] + "-" + paired["minus"]) == {"pm-pm_nonsyco"}
+    assert np.allclose(paired["value"], 0.0)  # identical samples: the selections cannot differ in sycophancy
