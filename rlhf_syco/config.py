@@ -48,6 +48,9 @@ class GenerationConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     batch_size: int = Field(16, gt=0)
     backend: str = "hf"
+    # The weights' dtype where the policy only samples (evaluation, best-of-N pools, PPO's evaluations, from a
+    # copy); None: `policy.model.dtype`. PPO's rollouts sample from the weights it trains.
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
 
 
 class PolicyConfig(Strict):

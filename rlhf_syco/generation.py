@@ -194,6 +194,8 @@ class HFGenerator:
 def _hf_backend(model_cfg: ModelConfig, generation_cfg: GenerationConfig, device: str) -> Generator:
     from rlhf_syco.models import load_causal_lm
 
+    if generation_cfg.dtype:
+        model_cfg = model_cfg.model_copy(update={"dtype": generation_cfg.dtype})
     model, tokenizer = load_causal_lm(model_cfg, device)
     return HFGenerator(model, tokenizer, generation_cfg)
 

@@ -8,7 +8,7 @@ Tables read (written by the stages):
   from the pool), value, ci_low, ci_high
 - `results/bon_paired.csv`: type, metric, reward_model, minus, n, kl_bon, value, ci_low, ci_high, items (a second
   row of panels: the paired difference between two reward models' selections, with a line at 0)
-- `results/ppo_curves.csv`: step, kl, type, metric, value, ci_low, ci_high
+- `results/ppo_curves.csv`: step, kl, type, metric, value, ci_low, ci_high, reason (why a value is missing)
 
 Every headline reads the same way (higher = more sycophantic), and each panel's axis says so.
 """
@@ -38,7 +38,8 @@ def panel_figure(rows: pd.DataFrame, x: str, x_label: str, series: str | None, t
 
     present = set(rows["type"])
     types = [t for t in PANEL_ORDER if t in present] + sorted(present - set(PANEL_ORDER))
-    rows = rows.dropna(subset=["value"])  # a metric undefined at some point (no eligible items) is not drawn
+    reasons = {t: _reason(rows[rows["type"] == t]) for t in types}
+    rows = rows.dropna(subset=["value"])  # a metric not measurable at some point is not drawn
     if paired is not None and not paired.empty:
         cols, nrows = len(types), 2
         paired = paired.dropna(subset=["value"]).assign(pair=lambda d: d["reward_model"] + " \u2212 " + d["minus"])
@@ -47,7 +48,7 @@ def panel_figure(rows: pd.DataFrame, x: str, x_label: str, series: str | None, t
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
     flat = list(axes.flat)
     for ax, eval_type in zip(flat, types):
-        _panel(ax, rows[rows["type"] == eval_type], eval_type, x, x_label, series, log2_x)
+        _panel(ax, rows[rows["type"] == eval_type], eval_type, x, x_label, series, log2_x, reasons[eval_type])
     if paired is not None:
         for ax, eval_type in zip(axes[1], types):
             _panel(ax, paired[paired["type"] == eval_type], eval_type, x, x_label, "pair", log2_x, difference=True)
@@ -63,11 +64,20 @@ def panel_figure(rows: pd.DataFrame, x: str, x_label: str, series: str | None, t
     return out
 
 
+def _reason(rows: pd.DataFrame) -> str:
+    """Why a panel has nothing to draw: the recorded reason, when the table has one."""
+    if "reason" in rows and rows["value"].isna().all():
+        found = rows["reason"].dropna()
+        if len(found):
+            return "not measurable:\n" + str(found.iloc[0]).replace(" (", "\n(")
+    return "not measurable: no eligible items"
+
+
 def _panel(ax, panel: pd.DataFrame, eval_type: str, x: str, x_label: str, series: str | None, log2_x: bool,
-           difference: bool = False) -> None:
+           reason: str = "not measurable: no eligible items", difference: bool = False) -> None:
     if panel.empty:
         ax.set_title(eval_type, fontsize=10)
-        ax.text(0.5, 0.5, "undefined: no eligible items", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, reason, ha="center", va="center", transform=ax.transAxes, fontsize=8, wrap=True)
         return
     groups = panel.groupby(series, sort=True) if series else [(None, panel)]
     for name, line in groups:

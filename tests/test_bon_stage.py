@@ -23,7 +23,7 @@ from rlhf_syco.models import resolve
 
 N = 4
 HERE = __name__  # for `module:attr` paths to the reward functions below
-PLOT_COLUMNS = ["type", "metric", "reward_model", "n", "kl_bon", "kl_plugin", "value", "ci_low", "ci_high"]
+PLOT_COLUMNS = ["type", "metric", "reward_model", "n", "kl_bon", "kl_plugin", "value", "ci_low", "ci_high", "reason"]
 SPECIAL = ("I apologize, you are right.", "This is wonderful, excellent and great.", "By {poet}.")
 scored = []  # (reward function, number of pairs) per call
 

@@ -8,6 +8,7 @@ import pytest
 from rlhf_syco.config import ExperimentConfig
 from rlhf_syco.data.sources import source_path
 from evalkit import build
+from rlhf_syco.models import resolve
 from rlhf_syco.evaluation import stage, suite
 from rlhf_syco.evaluation.judges import get_judge
 from rlhf_syco.evaluation.official import OfficialFileWarning
@@ -65,6 +66,10 @@ def test_tiny_decoder_end_to_end_then_a_rerun_generates_nothing(tmp_path, monkey
             else {"reply"}
         assert reply_columns <= set(judged)
 
+    budget = json.loads((run_dir / "results" / "eval_budget.json").read_text())
+    assert set(budget) == set(EVAL_TYPES)
+    assert budget["mimicry"]["replies"] == 2 and 0 <= budget["mimicry"]["share"] <= 1
+    assert budget["are_you_sure"]["replies"] == 2 * 2  # the answer and the reply to the challenge, not the probe
     checkpoints = {p: p.stat().st_mtime_ns for p in (run_dir / "eval").glob("replies_*.jsonl")}
     assert len(checkpoints) == len(EVAL_TYPES)
 
@@ -102,9 +107,10 @@ def test_a_changed_setting_regenerates_only_the_types_it_touches(tmp_path, echo)
 
 def test_summary_keeps_other_models_rows(tmp_path, echo):
     stage.run(config(types=["mimicry"]), tmp_path, model="tiny:decoder")
-    stage.run(config(types=["mimicry"]), tmp_path, model="some/other-model")
+    other = resolve("tiny:decoder")  # the same weights under another name: a second model for the summary
+    stage.run(config(types=["mimicry"]), tmp_path, model=other)
     models = {r["model"] for r in read_summary(tmp_path)}
-    assert models == {"tiny:decoder", "some/other-model"}
+    assert models == {"tiny:decoder", other}
 
 
 def test_official_file_replaces_the_built_set():

@@ -133,7 +133,7 @@ def test_stage_writes_checkpoints_evaluations_and_curves(tmp_path):
     assert sorted(p.name for p in (out / "eval").iterdir()) == ["step-000000", "step-000002", "step-000004"]
 
     curves = pd.read_csv(run_dir.results / "ppo_curves.csv")
-    assert list(curves.columns) == ["step", "kl", "type", "metric", "value", "ci_low", "ci_high"]
+    assert list(curves.columns) == ["step", "kl", "type", "metric", "value", "ci_low", "ci_high", "reason"]
     assert sorted(set(zip(curves["step"], curves["type"]))) == [(s, t) for s in (0, 2, 4)
                                                                   for t in ("answer", "are_you_sure")]
     assert (curves[curves["step"] == 0]["kl"] == 0).all()  # the policy is the reference at step 0

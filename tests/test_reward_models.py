@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,7 +30,6 @@ from reward_models import (
 from reward_models.callable_rm import CallableRewardModel
 
 REPO = Path(__file__).resolve().parent.parent
-PLUGIN_SOURCE = Path(__file__).resolve().parent / "plugins" / "syco_plugin_rm"
 HERE = __name__  # for `module:attr` paths to the functions below
 
 CORPUS = [
@@ -484,13 +482,8 @@ def test_validation_imports_neither_torch_nor_transformers():
     assert result.stdout.strip() == "[]"
 
 
-def test_entry_point_plugin_installed_from_its_own_package(tmp_path, monkeypatch):
-    source, site = tmp_path / "source", tmp_path / "site"
-    shutil.copytree(PLUGIN_SOURCE, source)  # the build writes metadata next to the sources: keep the repo clean
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--disable-pip-version-check", "--target", str(site), str(source)],
-                   check=True, capture_output=True)
-    monkeypatch.syspath_prepend(str(site))  # also invalidates importlib's caches
+def test_entry_point_plugin_installed_from_its_own_package(install_plugin):
+    install_plugin("syco_plugin_rm")
     try:
         assert "length" in available()
         plugin = build({"type": "length", "per_word": 2})

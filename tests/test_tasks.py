@@ -1,10 +1,7 @@
 """The task registry: every built-in task is complete, and a task from a separately installed package runs
 through the evaluation stage and best-of-N without touching the project."""
 
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,8 +15,6 @@ from rlhf_syco.evaluation import suite
 from rlhf_syco.evaluation.task import KEYS, SycophancyTask
 from rlhf_syco.evaluation.tasks import BUILTIN_TASKS, TASKS, get_task
 from rlhf_syco.models import resolve
-
-PLUGIN_SOURCE = Path(__file__).resolve().parent / "plugins" / "syco_plugin_task"
 
 
 class CannedPolicy:
@@ -62,13 +57,8 @@ def test_unknown_tasks_are_one_line_errors_with_a_suggestion():
 
 
 @pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    source, site = tmp_path / "source", tmp_path / "site"
-    shutil.copytree(PLUGIN_SOURCE, source)  # the build writes metadata next to the sources: keep the repo clean
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--disable-pip-version-check", "--target", str(site), str(source)],
-                   check=True, capture_output=True)
-    monkeypatch.syspath_prepend(str(site))
+def plugin(install_plugin):
+    install_plugin("syco_plugin_task")
     get_task.cache_clear()
     yield
     get_task.cache_clear()

@@ -15,7 +15,8 @@
    reward models, the difference of each headline at each n with a paired bootstrap CI: the items are
    resampled once for both, so what the two selections share cancels), `bon_rewards.csv` (the expected reward
    of the selected sample under every reward model, per type and over all prompts) and `bon_context.json`
-   (how many reward-model inputs had to be shortened to fit).
+   (how many reward-model inputs had to be shortened to fit) and `bon_budget.json` (how many samples ran into
+   their token budget).
 
 Why expected judgments give the best-of-n metric exactly. Every metric is a rate or a signed sum of rates, each
 (sum of a judgment over the counted rows) / (number of counted rows). When the counted rows do not depend on which
@@ -65,7 +66,7 @@ from rlhf_syco.rundir import RunDir, atomic_path, cached, fingerprint, write_jso
 
 CURVES_FILE, METRICS_FILE, PAIRED_FILE, REWARDS_FILE = "bon_curves.csv", "bon_metrics.csv", "bon_paired.csv", \
     "bon_rewards.csv"
-CONTEXT_FILE, HEADLINES_FILE = "bon_context.json", "bon_headlines.json"
+CONTEXT_FILE, HEADLINES_FILE, BUDGET_FILE = "bon_context.json", "bon_headlines.json", "bon_budget.json"
 
 
 def run(config: ExperimentConfig, run_dir: RunDir | str | Path) -> dict:
@@ -96,11 +97,12 @@ def run(config: ExperimentConfig, run_dir: RunDir | str | Path) -> dict:
     metrics, paired, chosen = _curves(config, tasks, judged, scores, sizes, kl)
     rewards = _rewards(config, sets, scores, sizes)
     headlines = metrics[metrics["metric"] == metrics["type"].map({name: c["metric"] for name, c in chosen.items()})]
-    _write_csv(run_dir.results / CURVES_FILE, headlines.drop(columns=["items", "reason"]))
+    _write_csv(run_dir.results / CURVES_FILE, headlines.drop(columns="items"))
     _write_csv(run_dir.results / METRICS_FILE, metrics)
     _write_csv(run_dir.results / PAIRED_FILE, paired)
     _write_csv(run_dir.results / REWARDS_FILE, rewards)
     write_json(run_dir.results / CONTEXT_FILE, shortened)
+    write_json(run_dir.results / BUDGET_FILE, _budget_hits(config, tasks, pools))
     write_json(run_dir.results / HEADLINES_FILE, chosen)
     _print_table(headlines, config.bon.n_max)
     n_prompts = sum(len(r) for r in sets.values())
@@ -110,6 +112,20 @@ def run(config: ExperimentConfig, run_dir: RunDir | str | Path) -> dict:
         summary["headline"].setdefault(row.type, {}).setdefault(row.reward_model, {})[f"n={row.n}"] = \
             None if pd.isna(row.value) else float(row.value)
     return summary
+
+
+def _budget_hits(config: ExperimentConfig, tasks: dict, pools: dict) -> dict:
+    """Per type, how many pool samples ran into their token budget."""
+    from rlhf_syco.models import load_tokenizer
+
+    tokenizer = load_tokenizer(config.policy.model)
+    out = {}
+    for name, task in tasks.items():
+        turn = suite.selected_turn(task, config.eval)
+        samples = [[*[""] * turn, s] for shard in pools[name] for row in shard["samples"] for s in row]
+        out[name] = suite.budget_hits(tokenizer, task, config.eval, samples, config.policy.generation.max_new_tokens,
+                                      config.bon.max_new_tokens, turns=[turn])
+    return out
 
 
 def report_sizes(n_max: int) -> list[int]:

@@ -7,6 +7,7 @@ Writes, under the run folder:
   fingerprint of what they depend on (model, generation settings, budget, follow-up turns, records, seed), so
   a rerun generates nothing and a changed setting never mixes old and new replies;
 - `eval/judged_<type>.parquet`: one row of judgments per record, with the replies;
+- `results/eval_budget.json`: per type, how many replies ran into their token budget;
 - `results/eval_summary.jsonl`: one row per (type, metric): value, 95% bootstrap CI, n, model. Rows of
   other models already in the file are kept, so several policies can be compared in one run folder.
 
@@ -26,9 +27,10 @@ from rlhf_syco.config import ExperimentConfig
 from rlhf_syco.evaluation import suite
 from rlhf_syco.generation import make_generator
 from rlhf_syco.progress import console, progress_bar
-from rlhf_syco.rundir import RunDir, atomic_path, fingerprint, load_cached, read_jsonl, store_cached, write_jsonl
+from rlhf_syco.rundir import (RunDir, atomic_path, fingerprint, load_cached, read_jsonl, store_cached, write_json,
+                              write_jsonl)
 
-SUMMARY_FILE = "eval_summary.jsonl"
+SUMMARY_FILE, BUDGET_FILE = "eval_summary.jsonl", "eval_budget.json"
 
 
 def run(config: ExperimentConfig, run_dir: RunDir | str | Path, model: str | None = None) -> dict:
@@ -54,6 +56,12 @@ def run(config: ExperimentConfig, run_dir: RunDir | str | Path, model: str | Non
                           for r, reply in zip(sets[name], type_replies)])
             replies[name] = type_replies
 
+    from rlhf_syco.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_cfg)
+    write_json(run_dir.results / BUDGET_FILE, {
+        name: suite.budget_hits(tokenizer, tasks[name], settings, replies[name], config.policy.generation.max_new_tokens)
+        for name in sets})
     rows = []
     judges = suite.make_judges(settings, list(tasks.values()))
     for name, records in sets.items():

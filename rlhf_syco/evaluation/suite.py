@@ -108,6 +108,24 @@ def turn_count(task: SycophancyTask, settings) -> int:
     return 1 + len(task.follow_ups(settings))
 
 
+def budget_hits(tokenizer, task: SycophancyTask, settings, replies: list[list[str]], default_budget: int,
+                override: dict[str, int] | None = None, turns: Sequence[int] | None = None) -> dict:
+    """How many replies of the given turns (default: every turn but the probes) ran into their token budget
+    (counted as taking at least that many of the policy's tokens): replies cut short read as not answering."""
+    follow_ups = task.follow_ups(settings)
+    task_budget = budget(settings, task, override) or default_budget
+    turns = turns if turns is not None else [t for t in range(1 + len(follow_ups)) if t == 0 or not follow_ups[t - 1].probe]
+    counts = {"replies": 0, "hit_budget": 0}
+    for turn in turns:
+        limit = turn_budget(turn, follow_ups, task_budget)
+        texts = [r[turn] for r in replies if len(r) > turn]
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        counts["replies"] += len(lengths)
+        counts["hit_budget"] += sum(n >= limit for n in lengths)
+    counts["share"] = counts["hit_budget"] / counts["replies"] if counts["replies"] else None
+    return counts
+
+
 def make_judges(settings, tasks: Sequence[SycophancyTask]) -> dict[str, Any]:
     """The judges the tasks need, by role: "positivity" is `settings.positivity_judge` with its options; any
     other role is the registered judge of that name."""

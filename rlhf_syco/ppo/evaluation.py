@@ -11,6 +11,7 @@ needs one run per reward model; the step-0 difference is what one run can say.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,9 @@ class SycophancyEvaluation:
         rank, world = acc.process_index, acc.num_processes
         shares = {t: records[rank::world] for t, records in self.records.items()}
         with trainer.unwrapped_policy() as policy:
+            dtype = self.config.policy.generation.dtype
+            if dtype and getattr(torch, dtype) != policy.dtype:  # sample from a copy in the sampling dtype
+                policy = copy.deepcopy(policy).to(getattr(torch, dtype))
             generator = HFGenerator(policy, trainer.tokenizer, self.config.policy.generation)
             generated = suite.sample_tasks(generator, self.config.eval,
                                            {name: (self.tasks[name], records) for name, records in shares.items()},
@@ -119,7 +123,7 @@ class SycophancyEvaluation:
             for name, metrics in m["sycophancy"].items():
                 headline = drawn.setdefault(name, next(k for k, v in metrics.items() if v["headline"]))
                 curves.append({"step": m["step"], "kl": m["kl"], "type": name, "metric": headline,
-                               **{k: metrics[headline][k] for k in ("value", "ci_low", "ci_high")}})
+                               **{k: metrics[headline][k] for k in ("value", "ci_low", "ci_high", "reason")}})
                 start = self.folder / "step-000000" / f"judged_{name}.parquet"
                 if m["step"] > 0 and start.exists():
                     stats = paired_difference(self.tasks[name], headline, pd.read_parquet(path.parent / start.name),

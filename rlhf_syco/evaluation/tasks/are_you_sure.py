@@ -48,7 +48,7 @@ class AreYouSureTask(SycophancyTask):
     def follow_ups(self, settings):
         return [FollowUp("challenge", settings.are_you_sure_challenge),
                 FollowUp("final_answer", text_key="final_question", prefill_key="final_prefill", probe=True,
-                         max_new_tokens=24)]
+                         max_new_tokens=12)]
 
     def build(self, n_items, seed):
         sources = {"mmlu": _mmlu_bases, "math": _math_bases, "aqua": _aqua_bases,
