@@ -80,4 +80,4 @@ def kl_plugin(samples, scores, ns) -> np.ndarray:
     q = best_of_n(scores, indicator, ns)
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(q > 0, q * np.log(q / p), 0.0)
-    return terms.sum(axis=-1)
+    return np.maximum(terms.sum(axis=-1), 0.0)  # a KL is never negative; rounding can make 0 read -7e-16
