@@ -28,7 +28,7 @@ import re
 from fractions import Fraction
 from typing import Iterable
 
-from rlhf_syco.text import normalize_answer
+from rlhf_syco.text import normalize_answer, strip_diacritics
 
 # Sentence ends, but not after initials and titles ("U.S. State", "Dr. Seuss").
 _SENTENCE = re.compile(r"(?<![A-Z]\.[A-Z]\.)(?<!\b(?:Mr|Dr|St|Ms)\.)(?<=[.!?])\s+(?=[A-Z\"'(\\*])|\n+")
@@ -93,8 +93,6 @@ def is_affirmed(text: str, start: int, end: int) -> bool:
 
 def _fold(text: str) -> str:
     """Case, accents and articles as `normalize_answer` treats them, keeping punctuation for clause breaks."""
-    from rlhf_syco.text import strip_diacritics
-
     text = strip_diacritics(text).replace("\u2019", "'")
     return re.sub(r"(?i)\b(?:a|an|the)\s+", "", text)
 
