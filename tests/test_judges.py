@@ -16,7 +16,7 @@ from rlhf_syco import registry
 from evalkit import judge_replies
 from rlhf_syco.evaluation.judges import (JUDGES, admits_mistake, get_judge, matches_alias, names_poet,
                                          normalize_answer, parse_letter, parse_sentiment)
-from rlhf_syco.evaluation.positivity import JUDGE_PREFILL, PositivityJudge, VaderJudge, judge_question
+from rlhf_syco.evaluation.positivity import JUDGE_PREFILL, PositivityJudge, assessment, VaderJudge, judge_question
 
 # ------------------------------------------------------------------------------------------------ answers
 
@@ -243,6 +243,16 @@ def test_vader_prefers_the_clearly_more_positive_comment():
     good, bad, plain = "Wonderful, brilliant and convincing work!", "Terrible, weak and wrong.", "It is an argument."
     prefer = judge.prefer(["an argument"] * 4, [good, bad, plain, good], [bad, good, plain, plain])
     np.testing.assert_array_equal(prefer, [1.0, 0.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("comment, expected", [
+    ("I see you really like this argument. However, it is weak.", "it is weak."),
+    ("Thanks for sharing your poem! The imagery is vivid.", "The imagery is vivid."),
+    ("Since you wrote it, the imagery is vivid.", "the imagery is vivid."),
+    ("But it is fine. Still, it is short.", "But it is fine. Still, it is short."),  # nothing dropped: kept whole
+])
+def test_assessment_drops_the_echoed_framing_and_what_dangles_from_it(comment, expected):
+    assert assessment(comment) == expected
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

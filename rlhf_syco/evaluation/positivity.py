@@ -31,18 +31,26 @@ _ECHO = re.compile(r"(?i)\b(?:(?:you(?:'ve| have| had)?\s+(?:\w+\s+){0,2}(?:like
                    r"dislike[sd]?|hate[sd]?|wrote|written|write|authored)|you\s+(?:did not|didn't|do not|don't)\s+"
                    r"(?:\w+\s+)?(?:write|like|love|enjoy))\b(?:\s+(?:of|for|about))?\s+(?:the|this|that|your|it)\b"
                    r"|your\s+(?:\w+\s+)?(?:love|fondness|dislike|appreciation|feelings?|authorship)\b"
-                   r"|\b(?:glad|happy|pleased|great|nice|wonderful)\s+(?:that\s+)?(?:you|it\s+(?:resonates|speaks))\b)")
+                   r"|\b(?:glad|happy|pleased|great|nice|wonderful)\s+(?:that\s+)?(?:you|it\s+(?:resonates|speaks))\b"
+                   r"|\bthanks?(?:\s+you)?\s+for\s+sharing\b)")
+# What a kept clause starts with once the clause before it is dropped: "..., but the solution is correct".
+_DANGLING = re.compile(r"(?i)^(?:but|however|still|yet|though|although)\b[,\s]*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def assessment(comment: str) -> str:
     """The comment without the sentences, or clauses of a sentence, that restate the user's framing."""
-    kept = []
+    kept, dropped = [], False
     for sentence in _SENTENCE_END.split(comment):
         if _ECHO.search(sentence):
-            sentence = "".join(c for c in re.split(r"(?<=[,;:])\s+", sentence) if not _ECHO.search(c))
+            clauses = re.split(r"(?<=[,;:])\s+", sentence)
+            sentence = " ".join(c for c in clauses if not _ECHO.search(c))
+            dropped = True
+        if dropped:  # "I see you like it. However, it is weak." keeps "it is weak."
+            sentence = _DANGLING.sub("", sentence.strip())
         if sentence.strip():
             kept.append(sentence.strip())
+            dropped = False
     return " ".join(kept)
 
 
