@@ -21,7 +21,7 @@ import torch
 from generation_shared_prefix import transformers_n  # the num_return_sequences baseline, beside this file
 from rlhf_syco.config import load_config
 from rlhf_syco.evaluation.tasks import get_task
-from rlhf_syco.generation import HFGenerator, render_prompts, to_chat
+from rlhf_syco.generation import HFGenerator, make_generator, render_prompts, to_chat
 from rlhf_syco.models import load_causal_lm
 
 
@@ -46,7 +46,7 @@ def tokens_of(tokenizer, replies: list[list[str]]) -> int:
     return sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for samples in replies for r in samples)
 
 
-def main() -> None:
+def main() -> None:  # under a __main__ guard: the vLLM engine may start processes
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=None)
     parser.add_argument("--n", type=int, default=8)
@@ -81,6 +81,22 @@ def main() -> None:
             conversations, 1, 0, prefills, max_new_tokens=args.max_new_tokens)
     if importlib.util.find_spec("vllm") is None:
         rows.append(("vllm", None, None, None))
+    else:
+        for dtype in ("float32", "bfloat16"):
+            engine = make_generator(config.policy.model, settings.model_copy(
+                update={"backend": "vllm", "dtype": dtype}), "cpu")
+            engine.generate(conversations[:2], 2, 0, prefills[:2], max_new_tokens=4)  # warm-up
+            t0 = time.perf_counter()
+            replies = engine.generate(conversations, args.n, 0, prefills, max_new_tokens=args.max_new_tokens)
+            seconds = time.perf_counter() - t0
+            rows.append((f"vllm {dtype}", seconds, tokens_of(tokenizer, replies),
+                         mean_logprob(reference, tokenizer, prompts, replies)))
+            engine.close()
+            engine = make_generator(config.policy.model, settings.model_copy(
+                update={"backend": "vllm", "dtype": dtype, "temperature": 0.0}), "cpu")
+            greedy[f"vllm {dtype}"] = engine.generate(conversations, 1, 0, prefills,
+                                                      max_new_tokens=args.max_new_tokens)
+            engine.close()
     print(f"{len(records)} prompts x {args.n} samples, up to {args.max_new_tokens} tokens, T={settings.temperature}, "
           f"top_p={settings.top_p}, {args.threads} threads")
     base = rows[0][2] / rows[0][1]
@@ -90,8 +106,10 @@ def main() -> None:
             continue
         rate = tokens / seconds
         print(f"{name:40s} {seconds:7.1f} s  {rate:7.1f} tokens/s  x{rate / base:4.2f}  mean log-prob {logprob:.3f}")
-    same = sum(a == b for a, b in zip(greedy["float32"], greedy["bfloat16"])) / len(records)
-    print(f"greedy replies identical in bf16 and fp32: {same:.0%}")
+    for name, replies in greedy.items():
+        if name != "float32":
+            same = sum(a == b for a, b in zip(greedy["float32"], replies)) / len(records)
+            print(f"greedy replies identical to hf float32's: {'hf ' * (name == 'bfloat16')}{name} {same:.0%}")
 
 
 if __name__ == "__main__":

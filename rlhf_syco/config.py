@@ -51,6 +51,9 @@ class GenerationConfig(Strict):
     # The weights' dtype where the policy only samples (evaluation, best-of-N pools, PPO's evaluations, from a
     # copy); None: `policy.model.dtype`. PPO's rollouts sample from the weights it trains.
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    # Keyword arguments for the `vllm` backend's engine, `vllm.LLM(**engine_options)`: `max_model_len`,
+    # `gpu_memory_utilization`, `enforce_eager`, ... (the CPU engine's KV cache is `VLLM_CPU_KVCACHE_SPACE`, GiB).
+    engine_options: dict[str, Any] = {}
 
 
 class PolicyConfig(Strict):

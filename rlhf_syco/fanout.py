@@ -66,6 +66,8 @@ class Workers:
 
             for actor in self.actors:
                 ray.kill(actor)
+        if hasattr(self.state, "close"):  # an engine that holds memory outside Python's reach (vLLM)
+            self.state.close()
         self.actors, self.state = [], None
         gc.collect()
         torch = sys.modules.get("torch")

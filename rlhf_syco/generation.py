@@ -4,7 +4,8 @@ engine runs it.
 `Generator.generate(conversations, n, seed, prefill)` takes chat conversations (`[{"role", "content"}, ...]`,
 ending with a user turn), an optional text per conversation that the assistant turn starts with (the reply is
 what the model writes after it), and returns `n` replies per conversation. Backends are registered by name
-(`policy.generation.backend`): `hf` runs transformers' `generate`; `vllm` is reserved.
+(`policy.generation.backend`): `hf` runs transformers' `generate`; `vllm` a vLLM engine
+(`rlhf_syco/vllm_backend.py`), for stages that only sample.
 
 This module is the one place that turns conversations into prompt text (`render_prompts`: the chat template plus
 an optional prefill) and prompt tokens into sampled reply tokens (`sample_tokens`). `HFGenerator` decodes the
@@ -44,7 +45,8 @@ class Generator(Protocol):
 
 # Factories `(model_cfg, generation_cfg, device) -> Generator`; packages add backends as `rlhf_syco.generators`
 # entry points.
-BACKENDS = Registry("generation backend", "rlhf_syco.generators")
+BACKENDS = Registry("generation backend", "rlhf_syco.generators",
+                    {"vllm": "rlhf_syco.vllm_backend:make_vllm_generator"})
 register_backend = BACKENDS.register
 
 
@@ -70,10 +72,11 @@ def to_chat(prompt: list[dict]) -> tuple[Conversation, str | None]:
     return messages, None
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """Where a reply ends: the tokenizer's and the model's EOS and any end-of-turn token the vocabulary has."""
+def stop_token_ids(generation_config, tokenizer) -> list[int]:
+    """Where a reply ends: the tokenizer's and the model's EOS (its transformers `generation_config`) and any
+    end-of-turn token the vocabulary has."""
     vocab = tokenizer.get_vocab()
-    model_eos = model.generation_config.eos_token_id
+    model_eos = generation_config.eos_token_id
     model_eos = model_eos if isinstance(model_eos, list) else [model_eos]
     return sorted({i for i in [tokenizer.eos_token_id, *model_eos] if i is not None} |
                   {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab})
@@ -163,7 +166,7 @@ class HFGenerator:
             raise UserError("the policy's tokenizer has no chat template; use a chat model or set one")
         tokenizer.padding_side = "left"
         self.model, self.tokenizer, self.config = model, tokenizer, config
-        self.stop_ids = stop_token_ids(model, tokenizer)
+        self.stop_ids = stop_token_ids(model.generation_config, tokenizer)
 
     def prompt_text(self, conversation: Conversation, prefill: str | None = None) -> str:
         """The chat template with the assistant's generation prompt, then the prefill, if any."""
@@ -184,10 +187,13 @@ class HFGenerator:
         return [decoded[i:i + per_prompt] * (n // per_prompt) for i in range(0, len(decoded), per_prompt)]
 
     def _decode(self, ids) -> str:
-        """Text up to the first stop token, special tokens removed."""
-        ids = ids.tolist()
-        end = next((i for i, t in enumerate(ids) if t in self.stop_ids), len(ids))
-        return self.tokenizer.decode(ids[:end], skip_special_tokens=True)
+        return decode_reply(self.tokenizer, ids.tolist(), self.stop_ids)
+
+
+def decode_reply(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
+    """A reply's text: its tokens up to the first stop token, special tokens removed."""
+    end = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
+    return tokenizer.decode(list(ids[:end]), skip_special_tokens=True)
 
 
 @register_backend("hf")
@@ -198,15 +204,3 @@ def _hf_backend(model_cfg: ModelConfig, generation_cfg: GenerationConfig, device
         model_cfg = model_cfg.model_copy(update={"dtype": generation_cfg.dtype})
     model, tokenizer = load_causal_lm(model_cfg, device)
     return HFGenerator(model, tokenizer, generation_cfg)
-
-
-@register_backend("vllm")
-def _vllm_backend(model_cfg: ModelConfig, generation_cfg: GenerationConfig, device: str) -> Generator:
-    """Reserved for a vLLM engine: it would render prompts with `render_prompts` and map
-    the config onto `SamplingParams(n, temperature, top_p, max_tokens, seed=derive_seed(seed, i))`."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        raise UserError("generation backend 'vllm' needs the vllm package (pip install vllm)",
-                        "policy.generation.backend") from None
-    raise UserError("generation backend 'vllm' is not implemented yet; use 'hf'", "policy.generation.backend")

@@ -72,7 +72,7 @@ def _load_kwargs(cfg: ModelConfig) -> dict:
             "dtype": getattr(torch, cfg.dtype)}
 
 
-def _source(cfg: ModelConfig, key: str) -> str:
+def model_source(cfg: ModelConfig, key: str) -> str:
     """The folder or hub id to load `cfg` from. A path that names no folder fails here, before transformers
     mistakes it for a malformed hub id."""
     from reward_models.hf import could_be_hub_id
@@ -97,7 +97,7 @@ def load_tokenizer(cfg: ModelConfig, padding_side: str = "left", key: str = "pol
     came from: errors name it."""
     from transformers import AutoTokenizer
 
-    source = _source(cfg, key)
+    source = model_source(cfg, key)
     with _loading(source, key):
         tok = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     tok.padding_side = padding_side
@@ -111,7 +111,7 @@ def load_causal_lm(cfg: ModelConfig, device: str = "auto", key: str = "policy.mo
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(cfg, "left", key)
-    source = _source(cfg, key)
+    source = model_source(cfg, key)
     with _loading(source, key):
         model = AutoModelForCausalLM.from_pretrained(source, **_load_kwargs(cfg))
     if model.config.pad_token_id is None:
@@ -126,7 +126,7 @@ def load_sequence_classifier(cfg: ModelConfig, num_labels: int = 1, key: str = "
     from transformers import AutoModelForSequenceClassification
 
     tok = load_tokenizer(cfg, "right", key)
-    source = _source(cfg, key)
+    source = model_source(cfg, key)
     with _loading(source, key):
         model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels,
                                                                    **_load_kwargs(cfg))

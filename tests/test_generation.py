@@ -167,5 +167,5 @@ def test_unknown_or_missing_backends_are_user_errors():
     try:
         import vllm  # noqa: F401
     except ImportError:
-        with pytest.raises(UserError, match="pip install vllm"):
+        with pytest.raises(UserError, match="needs vLLM"):
             make_generator(ModelConfig(), GenerationConfig(backend="vllm"))

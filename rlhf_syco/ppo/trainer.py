@@ -67,7 +67,7 @@ class PPOTrainer:
                             f"processes ({world})")
         self.local_batch, self.local_mini_batch = args.rollout_batch_size // world, args.mini_batch_size // world
         tokenizer.padding_side = "left"
-        self.stop_ids = torch.tensor(stop_token_ids(policy, tokenizer))  # the evaluation's stop set
+        self.stop_ids = torch.tensor(stop_token_ids(policy.generation_config, tokenizer))  # the evaluation's stop set
 
         without_dropout(policy)
         without_dropout(value_model)
