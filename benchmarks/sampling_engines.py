@@ -1,5 +1,5 @@
 """The same prompts and sampling settings through every engine that runs here, side by side in one run:
-transformers `generate` in fp32 and bf16 (this CPU's AMX units run bf16 matrix work), each with our shared
+transformers `generate` in fp32 and bf16 (bf16 matrix work runs on the CPU's AVX-512 bf16 or AMX units), each with our shared
 prompt cache and with `num_return_sequences`, and vLLM when it is installed.
 
     python benchmarks/sampling_engines.py [--n 8] [--items 4] [--max-new-tokens 48] [--threads 2]

@@ -18,6 +18,7 @@ Ray worker (`compute.num_workers`) runs its own engine on its own GPU.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from typing import Sequence
@@ -75,6 +76,20 @@ class VLLMGenerator:
         gc.collect()
 
 
+@contextlib.contextmanager
+def _rng_kept():
+    import random
+
+    import numpy as np
+    import torch
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+
+
 def make_vllm_generator(model_cfg: ModelConfig, generation_cfg: GenerationConfig, device: str) -> VLLMGenerator:
     # Before vllm is imported: the engine in this process (see the module docstring), quiet logs, and a KV
     # cache sized for the CPU engine.
@@ -103,11 +118,14 @@ def make_vllm_generator(model_cfg: ModelConfig, generation_cfg: GenerationConfig
     options = dict(model=source, tokenizer=source, revision=model_cfg.revision,
                    trust_remote_code=model_cfg.trust_remote_code,
                    dtype=generation_cfg.dtype or model_cfg.dtype, seed=0, enable_prefix_caching=True)
-    if not torch.cuda.is_available():  # compiling costs a minute at start and gains little on CPU
-        options["enforce_eager"] = True
+    if not torch.cuda.is_available():
+        # Compiling costs a minute at start and gains little on CPU; with the CPU engine's default 128-token
+        # blocks, short prompts fill no whole block, so a prompt's n samples would share no cached prefix.
+        options.update(enforce_eager=True, block_size=32)
     options.update(generation_cfg.engine_options)
     try:
-        llm = LLM(**options)
+        with _rng_kept():  # the engine seeds torch, numpy and random globally
+            llm = LLM(**options)
     except TypeError as e:  # an engine option vLLM does not know
         raise UserError(f"vLLM engine: {e}", "policy.generation.engine_options") from None
     return VLLMGenerator(llm, tokenizer, generation_cfg, stop_token_ids(eos, tokenizer))

@@ -2,6 +2,9 @@
 batch's samples depend only on the seed, its index and its prompts, whatever the engine ran before), greedy
 decoding that agrees with transformers, prefills, and one-line errors."""
 
+import random
+
+import numpy as np
 import pytest
 import torch
 
@@ -38,17 +41,24 @@ def test_a_batch_depends_only_on_seed_index_and_prompts(engine):
     assert sum(len(set(samples)) for samples in first) > len(first)  # the n samples of a prompt differ
 
 
+def caller_draws(seed: int) -> tuple:
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+    return random.random(), np.random.rand(), torch.rand(1).item()
+
+
 def test_sampling_leaves_the_callers_rng_alone(engine):
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
+    expected = caller_draws(123)
+    caller_draws(123)
     engine.generate(CONVERSATIONS[:2], 2, seed=1)
-    assert torch.equal(torch.rand(3), expected)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
-def test_greedy_agrees_with_transformers_and_prefill_continues_the_reply(engine):
+def test_greedy_agrees_with_transformers_and_prefill_continues_the_reply():
     settings = {**SETTINGS, "temperature": 0.0, "max_new_tokens": 12}
+    expected = caller_draws(7)
+    caller_draws(7)
     greedy = make_generator(ModelConfig(), GenerationConfig(backend="vllm", **settings), "cpu")
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected  # vLLM seeds globally
     prefill = [None, "The poet is", None, "The sky is blue because", None, None]
     try:
         ours = greedy.generate(CONVERSATIONS, 2, 0, prefill)
