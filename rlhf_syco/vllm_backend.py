@@ -50,14 +50,12 @@ class VLLMGenerator:
                                 max_tokens=max_new_tokens or self.config.max_new_tokens,
                                 stop_token_ids=self.stop_ids, detokenize=False)
         replies, size = [], self.config.batch_size
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=_devices()):
             for index, start in enumerate(range(0, len(texts), size)):
                 prompts = [TokensPrompt(prompt_token_ids=self.tokenizer(t, add_special_tokens=False)["input_ids"])
                            for t in texts[start:start + size]]
                 self.llm.reset_prefix_cache()
-                torch.manual_seed(derive_seed(seed, index))
-                if torch.cuda.is_available():
-                    torch.cuda.manual_seed_all(derive_seed(seed, index))
+                torch.manual_seed(derive_seed(seed, index))  # every device's generator
                 outputs = self.llm.generate(prompts, params, use_tqdm=False)
                 for output in outputs:
                     samples = [decode_reply(self.tokenizer, c.token_ids, self.stop_ids) for c in output.outputs]
@@ -76,6 +74,12 @@ class VLLMGenerator:
         gc.collect()
 
 
+def _devices() -> list[int]:
+    import torch
+
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
 @contextlib.contextmanager
 def _rng_kept():
     import random
@@ -84,7 +88,7 @@ def _rng_kept():
     import torch
 
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=_devices()):
         yield
     random.setstate(python_state)
     np.random.set_state(numpy_state)

@@ -75,3 +75,38 @@ def test_greedy_agrees_with_transformers_and_prefill_continues_the_reply():
 def test_unknown_engine_option_is_a_user_error():
     with pytest.raises(UserError, match="policy.generation.engine_options"):
         make_generator(ModelConfig(), GenerationConfig(backend="vllm", engine_options={"no_such_option": 1}), "cpu")
+
+
+def test_ppo_evaluates_its_checkpoints_through_the_engine_as_the_evaluation_stage_does(tmp_path):
+    """Step 0 of PPO samples from the weights in memory, saved for the engine: the replies must be the
+    evaluation stage's, which loads the same model from its folder."""
+    import pandas as pd
+
+    from rlhf_syco.config import ExperimentConfig
+    from rlhf_syco.data import preferences
+    from rlhf_syco.evaluation import stage
+    from rlhf_syco.ppo import stage as ppo_stage
+    from rlhf_syco.rundir import RunDir
+
+    config = ExperimentConfig.model_validate({
+        "name": "run", "runs_dir": str(tmp_path / "runs"),
+        "policy": {"generation": {**SETTINGS, "backend": "vllm", "max_new_tokens": 8, "batch_size": 4}},
+        "pm": {"data": {"hh_pairs": 16, "belief_pairs": 16, "heldout_fraction": 0.25}},
+        "reward_models": {"rule": {"type": "callable", "function": "test_ppo_trainer:letter_share"}},
+        "probe": {"reward_models": ["rule"]}, "bon": {"reward_models": ["rule"]},
+        "eval": {"types": ["answer", "are_you_sure"], "items_per_type": 2, "bootstrap": 20, "min_items": 1,
+                 "max_new_tokens": {}},
+        "ppo": {"reward_model": "rule", "steps": 1, "rollout_batch_size": 2, "mini_batch_size": 2, "ppo_epochs": 1,
+                "checkpoint_every": 1, "eval_every": 1, "keep_last": 1, "eval_prompts": 2, "max_prompt_tokens": 64},
+        "compute": {"device": "cpu"}})
+    run_dir = RunDir(config.run_dir)
+    preferences.run(config, run_dir)
+    ppo_stage.run(config, run_dir)
+    stage.run(config, run_dir)
+    assert not list((run_dir / "ppo").glob(".policy-*"))  # the saved copy is gone
+    for eval_type in ("answer", "are_you_sure"):
+        ours = pd.read_parquet(run_dir / "ppo" / "eval" / "step-000000" / f"judged_{eval_type}.parquet")
+        theirs = pd.read_parquet(run_dir / "eval" / f"judged_{eval_type}.parquet")
+        columns = [c for c in theirs.columns if "reply" in c]
+        pd.testing.assert_frame_equal(ours[columns], theirs[columns])
+        assert (ours[columns[0]].str.len() > 0).all()

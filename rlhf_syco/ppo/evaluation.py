@@ -11,13 +11,15 @@ needs one run per reward model; the step-0 difference is what one run can say.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from rlhf_syco.generation import HFGenerator, derive_seed
+from rlhf_syco.generation import HFGenerator, derive_seed, make_generator
 from rlhf_syco.progress import console
 from rlhf_syco.rundir import RunDir, atomic_path, read_json, write_json
 
@@ -69,15 +71,35 @@ class SycophancyEvaluation:
             dtype = self.config.policy.generation.dtype
             if dtype and getattr(torch, dtype) != policy.dtype:  # sample from a copy in the sampling dtype
                 policy = copy.deepcopy(policy).to(getattr(torch, dtype))
-            generator = HFGenerator(policy, trainer.tokenizer, self.config.policy.generation)
-            generated = suite.sample_tasks(generator, self.config.eval,
-                                           {name: (self.tasks[name], records) for name, records in shares.items()},
-                                           seed=self.config.seed)
+            with self._generator(policy, trainer.tokenizer, world) as generator:
+                generated = suite.sample_tasks(generator, self.config.eval,
+                                               {name: (self.tasks[name], records) for name, records in shares.items()},
+                                               seed=self.config.seed)
         out = {}
         for eval_type, replies in generated.items():
             numbered = gather_object([(rank + world * i, reply) for i, reply in enumerate(replies)])
             out[eval_type] = [reply for _, reply in sorted(numbered)]
         return out
+
+    @contextlib.contextmanager
+    def _generator(self, policy, tokenizer, world: int):
+        """The configured backend on a copy of these weights saved to disk (an engine such as vLLM loads its
+        model from a folder); transformers on the weights in memory for `hf`, and in a multi-process run,
+        where an in-process engine would meet the run's process group."""
+        settings = self.config.policy.generation
+        if settings.backend == "hf" or world > 1:
+            yield HFGenerator(policy, tokenizer, settings)
+            return
+        with tempfile.TemporaryDirectory(dir=self.folder.parent, prefix=".policy-") as folder:
+            policy.save_pretrained(folder, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+            model = self.config.policy.model.model_copy(update={"name_or_path": folder,
+                                                                "dtype": str(policy.dtype).removeprefix("torch.")})
+            generator = make_generator(model, settings, self.config.compute.device)
+            try:
+                yield generator
+            finally:
+                generator.close()
 
     def _rewards_and_kl(self, trainer: PPOTrainer) -> tuple[float, dict[str, float]]:
         acc = trainer.accelerator
