@@ -41,24 +41,29 @@ def test_a_batch_depends_only_on_seed_index_and_prompts(engine):
     assert sum(len(set(samples)) for samples in first) > len(first)  # the n samples of a prompt differ
 
 
-def caller_draws(seed: int) -> tuple:
+def seed_everything(seed: int) -> None:
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+
+
+def draws() -> tuple:
     return random.random(), np.random.rand(), torch.rand(1).item()
 
 
 def test_sampling_leaves_the_callers_rng_alone(engine):
-    expected = caller_draws(123)
-    caller_draws(123)
+    seed_everything(123)
+    expected = draws()
+    seed_everything(123)
     engine.generate(CONVERSATIONS[:2], 2, seed=1)
-    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert draws() == expected
 
 
 def test_greedy_agrees_with_transformers_and_prefill_continues_the_reply():
     settings = {**SETTINGS, "temperature": 0.0, "max_new_tokens": 12}
-    expected = caller_draws(7)
-    caller_draws(7)
+    seed_everything(7)
+    expected = draws()
+    seed_everything(7)
     greedy = make_generator(ModelConfig(), GenerationConfig(backend="vllm", **settings), "cpu")
-    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected  # vLLM seeds globally
+    assert draws() == expected  # vLLM seeds all three globally
     prefill = [None, "The poet is", None, "The sky is blue because", None, None]
     try:
         ours = greedy.generate(CONVERSATIONS, 2, 0, prefill)
