@@ -82,6 +82,8 @@ def main() -> None:  # under a __main__ guard: the vLLM engine may start process
     if importlib.util.find_spec("vllm") is None:
         rows.append(("vllm", None, None, None))
     else:
+        from rlhf_syco.vllm_backend import VLLMGenerator
+
         for dtype in ("float32", "bfloat16"):
             engine = make_generator(config.policy.model, settings.model_copy(
                 update={"backend": "vllm", "dtype": dtype}), "cpu")
@@ -91,11 +93,10 @@ def main() -> None:  # under a __main__ guard: the vLLM engine may start process
             seconds = time.perf_counter() - t0
             rows.append((f"vllm {dtype}", seconds, tokens_of(tokenizer, replies),
                          mean_logprob(reference, tokenizer, prompts, replies)))
-            engine.close()
-            engine = make_generator(config.policy.model, settings.model_copy(
-                update={"backend": "vllm", "dtype": dtype, "temperature": 0.0}), "cpu")
-            greedy[f"vllm {dtype}"] = engine.generate(conversations, 1, 0, prefills,
-                                                      max_new_tokens=args.max_new_tokens)
+            greedy_engine = VLLMGenerator(engine.llm, engine.tokenizer, settings.model_copy(
+                update={"temperature": 0.0}), engine.stop_ids)  # the same engine, greedy settings
+            greedy[f"vllm {dtype}"] = greedy_engine.generate(conversations, 1, 0, prefills,
+                                                             max_new_tokens=args.max_new_tokens)
             engine.close()
     print(f"{len(records)} prompts x {args.n} samples, up to {args.max_new_tokens} tokens, T={settings.temperature}, "
           f"top_p={settings.top_p}, {args.threads} threads")

@@ -82,6 +82,11 @@ def stop_token_ids(generation_config, tokenizer) -> list[int]:
                   {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab})
 
 
+def require_chat_template(tokenizer) -> None:
+    if tokenizer.chat_template is None:
+        raise UserError("the policy's tokenizer has no chat template; use a chat model or set one")
+
+
 def render_prompts(tokenizer, conversations: Sequence[Conversation],
                    prefill: Sequence[str | None] | None = None) -> list[str]:
     """Each conversation in the tokenizer's chat template, ending with the assistant's generation prompt, then
@@ -162,8 +167,7 @@ class HFGenerator:
     """transformers `generate` with the KV cache, left padding and `generation.batch_size` prompts a batch."""
 
     def __init__(self, model, tokenizer, config: GenerationConfig):
-        if tokenizer.chat_template is None:
-            raise UserError("the policy's tokenizer has no chat template; use a chat model or set one")
+        require_chat_template(tokenizer)
         tokenizer.padding_side = "left"
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.stop_ids = stop_token_ids(model.generation_config, tokenizer)

