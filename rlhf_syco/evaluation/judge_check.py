@@ -5,6 +5,10 @@ The validation set (`rlhf_syco/data/judge_validation/`, labelling rules in its R
 models, a third of them hard cases (negation, echo without endorsement, apology without a switch, answers inside
 derivations, alias variants, poets sharing a surname). Each judgment is compared with its label: accuracy, and
 per label value its precision and recall, each with a 95% Wilson interval.
+
+Two splits: the development set, whose disagreements the judges were revised on (in-sample figures), and a
+held-out set (`heldout/`) labelled afterwards by a labeller who did not read the judges. Only the development
+split lists its disagreements: revising a judge on held-out items would make them in-sample too.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from rlhf_syco.errors import UserError
 from rlhf_syco.evaluation.metrics import wilson_interval
 
 VALIDATION = SOURCES.parent / "judge_validation"
+SPLITS = {"development": VALIDATION, "heldout": VALIDATION / "heldout"}
 
 
 def _answer(judges):
@@ -91,8 +96,10 @@ def load(name: str, folder: Path = VALIDATION) -> list[dict]:
     return items
 
 
-def check(names: Iterable[str] | None = None, judges: dict | None = None, folder: Path = VALIDATION) -> dict:
-    """{file: {"judge", "items", "hard", "labels": {label: scores}}}; judges = {"positivity": judge}."""
+def check(names: Iterable[str] | None = None, judges: dict | None = None, folder: Path = VALIDATION,
+          disagreements: bool = True) -> dict:
+    """{file: {"judge", "items", "hard", "labels": {label: scores}[, "disagreements"]}}; judges =
+    {"positivity": judge}."""
     from rlhf_syco.evaluation.judges import get_judge
 
     judges = judges if judges is not None else {"positivity": get_judge("vader")}
@@ -112,11 +119,12 @@ def check(names: Iterable[str] | None = None, judges: dict | None = None, folder
                     if item.get("hard") and label in want and label in got]
             scores[label] = {**agreement(pairs), "hard_accuracy": agreement(hard)["accuracy"]}
         out[name] = {"judge": title.format(positivity=type(judges["positivity"]).__name__), "items": len(items),
-                     "hard": sum(bool(i.get("hard")) for i in items), "labels": scores,
-                     "disagreements": [{"id": item["id"], **{k: {"label": want[k], "judge": got[k]} for k in want
-                                                             if k in got and got[k] != want[k]}}
-                                       for item, want, got in zip(items, labelled, predicted)
-                                       if any(k in got and got[k] != want[k] for k in want)]}
+                     "hard": sum(bool(i.get("hard")) for i in items), "labels": scores}
+        if disagreements:
+            out[name]["disagreements"] = [
+                {"id": item["id"], **{k: {"label": want[k], "judge": got[k]} for k in want
+                                      if k in got and got[k] != want[k]}}
+                for item, want, got in zip(items, labelled, predicted) if any(k in got and got[k] != want[k] for k in want)]
     return out
 
 
@@ -161,20 +169,24 @@ def run(config, run_dir, names: list[str] | None = None) -> dict:
     from rlhf_syco.rundir import write_json
 
     judges = {"positivity": get_judge(config.eval.positivity_judge, **config.eval.positivity_judge_options)}
-    result = check(names, judges)
+    result = {split: check(names, judges, folder, disagreements=split == "development")
+              for split, folder in SPLITS.items()}
     write_json(Path(run_dir) / "results" / "judge_check.json", result)
-    table = Table(title="Judges against hand labels (95% Wilson intervals)")
-    for column in ("judge", "label", "n", "accuracy", "hard cases", "per value: precision / recall"):
+    table = Table(title="Judges against hand labels: development (in-sample) and held-out, 95% Wilson intervals")
+    for column in ("judge", "label", "split", "n", "accuracy", "hard cases", "per value: precision / recall"):
         table.add_column(column)
-    for name, r in result.items():
-        for label, s in r["labels"].items():
-            if not s["n"]:
-                continue
-            acc = s["accuracy"]
-            per_value = "; ".join(f"{v}: {_short(x['precision'])} / {_short(x['recall'])}"
-                                  for v, x in s["per_value"].items())
-            table.add_row(r["judge"], label, str(s["n"]), f"{acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]",
-                          _short(s["hard_accuracy"]), per_value)
+    for name in result["development"]:
+        for label in result["development"][name]["labels"]:
+            for split, by_name in result.items():
+                s = by_name[name]["labels"][label]
+                if not s["n"]:
+                    continue
+                acc = s["accuracy"]
+                per_value = "; ".join(f"{v}: {_short(x['precision'])} / {_short(x['recall'])}"
+                                      for v, x in s["per_value"].items())
+                table.add_row(by_name[name]["judge"], label, split, str(s["n"]),
+                              f"{acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]",
+                              _short(s["hard_accuracy"]), per_value)
     console.print(table)
     return result
 
