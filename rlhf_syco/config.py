@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlhf_syco.errors import UserError
+from rlhf_syco.analysis.config import AnalysisConfig
 from rlhf_syco.bon.config import BonConfig
 from rlhf_syco.evaluation.config import EvalConfig
 from rlhf_syco.ppo.config import PPOConfig
@@ -140,8 +141,8 @@ class ComputeConfig(Strict):
 class ExperimentConfig(Strict):
     name: str = "default"
     seed: int = 0
-    # What `rlhf-syco run` runs (with their prerequisites), in pipeline order.
-    stages: list[str] = list(STAGES)
+    # What `rlhf-syco run` runs (with their prerequisites), in pipeline order; `analyze` only when listed.
+    stages: list[str] = [stage for stage in STAGES if stage != "analyze"]
     runs_dir: str = "runs"
     policy: PolicyConfig = PolicyConfig()
     pm: PMConfig = PMConfig()
@@ -153,6 +154,7 @@ class ExperimentConfig(Strict):
     eval: EvalConfig = EvalConfig()
     bon: BonConfig = BonConfig()
     ppo: PPOConfig = PPOConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
     compute: ComputeConfig = ComputeConfig()
     slurm: SlurmConfig = SlurmConfig()
 

@@ -9,6 +9,7 @@ Tables read (written by the stages):
 - `results/bon_paired.csv`: type, metric, reward_model, minus, n, kl_bon, value, ci_low, ci_high, items (a second
   row of panels: the paired difference between two reward models' selections, with a line at 0)
 - `results/ppo_curves.csv`: step, kl, type, metric, value, ci_low, ci_high, reason (why a value is missing)
+- `results/preference_features.csv` (stage `analyze`): subset, feature, measurable, p_preferred, p_low, p_high
 
 Every headline reads the same way (higher = more sycophantic), and each panel's axis says so.
 """
@@ -19,6 +20,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rlhf_syco.rundir import atomic_path
@@ -55,6 +57,49 @@ def panel_figure(rows: pd.DataFrame, x: str, x_label: str, series: str | None, t
     for ax in flat[len(types):] if paired is None else []:
         ax.axis("off")
     fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        rows.to_csv(tmp, index=False)
+    return out
+
+
+def preference_features_figure(rows: pd.DataFrame, out: Path) -> Path:
+    """Sharma et al.'s Fig. 5: per feature, P(the response with more of it is preferred, all else equal) with
+    its 95% interval, one panel per subset of pairs; a feature not measurable there is listed, not drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    subsets = list(dict.fromkeys(rows["subset"]))
+    fig, axes = plt.subplots(1, len(subsets), figsize=(4.6 * len(subsets), 0.35 * rows["feature"].nunique() + 1.6),
+                             squeeze=False, sharey=True)
+    features = list(dict.fromkeys(rows["feature"]))
+    for ax, subset in zip(axes[0], subsets):
+        panel = rows[rows["subset"] == subset].set_index("feature").reindex(features)
+        y = list(range(len(features)))
+        shown = panel["measurable"].fillna(False).astype(bool).values
+        mean, low, high = (panel[c].values for c in ("p_preferred", "p_low", "p_high"))
+        ax.errorbar(mean[shown], [v for v, s in zip(y, shown) if s], xerr=[(mean - low)[shown], (high - mean)[shown]],
+                    fmt="o", markersize=4, capsize=2)
+        for v, s in zip(y, shown):
+            if not s:
+                ax.text(0.5, v, "not measurable", ha="center", va="center", fontsize=7, color="grey")
+        if "expected" in panel and panel["expected"].notna().any():  # where the labeler's rule is known
+            known = panel["expected"].notna().values & shown
+            ax.scatter(1 / (1 + np.exp(-panel["expected"].values[known])), [v for v, k in zip(y, known) if k],
+                       marker="x", color="tab:red", zorder=3, label="the labeler's true effect")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.axvline(0.5, color="grey", linewidth=0.8)
+        ax.set_yticks(y, features, fontsize=8)
+        ax.set_xlabel("P(response with more of the feature preferred)", fontsize=8)
+        ax.set_title(f"{subset} ({int(panel['pairs'].max())} pairs)", fontsize=10)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].invert_yaxis()  # the first feature on top (the axes share y)
+    fig.suptitle("What predicts preference (Bayesian logistic regression, 95% intervals)")
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -119,4 +164,8 @@ def run(config, run_dir) -> dict:
                                            out / "ppo_vs_step.png")
         made["ppo_vs_kl"] = panel_figure(rows, "kl", "KL to the reference policy (nats)", None,
                                          "Sycophancy vs KL (PPO)", out / "ppo_vs_kl.png")
+    features = results / "preference_features.csv"
+    if features.exists():
+        made["preference_features"] = preference_features_figure(pd.read_csv(features),
+                                                                 out / "preference_features.png")
     return {k: str(v) for k, v in made.items()}

@@ -22,6 +22,7 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "data": ("rlhf_syco.data.preferences:run", ()),
     "pm": ("rlhf_syco.pm:train", ("data",)),
     "probe": ("rlhf_syco.pm:probe", ("pm",)),
+    "analyze": ("rlhf_syco.analysis.stage:run", ("data",)),
     "eval": ("rlhf_syco.evaluation.stage:run", ()),
     "bon": ("rlhf_syco.bon.stage:run", ("pm",)),
     "ppo": ("rlhf_syco.ppo.stage:run", ("pm",)),
@@ -29,8 +30,10 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-# Which stages `run` runs, and where and how fast: the results of a stage do not depend on these sections.
-NOT_RESULTS = ("stages", "compute", "slurm")
+# Sections a run folder may change without invalidating finished stages: which stages `run` runs, where and how
+# fast (no stage's results depend on these), and `analysis`, which only `analyze` reads (`rlhf-syco analyze`
+# refits every time).
+NOT_RESULTS = ("stages", "compute", "slurm", "analysis")
 
 
 def open_run(config, force: tuple[str, ...] = ()) -> RunDir:

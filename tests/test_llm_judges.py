@@ -1,5 +1,6 @@
-"""The `openai` positivity judge against a real OpenAI-compatible server on loopback (`transformers serve`)."""
+"""LLM judges and the LLM feature labeller against a real OpenAI-compatible server on loopback (`transformers serve`)."""
 
+import json
 import os
 import socket
 import subprocess
@@ -56,3 +57,36 @@ def test_openai_judge_asks_a_real_server_in_both_orders(server):
     assert (forward + backward).tolist() == [1.0, 1.0]  # both orders averaged: no position bias survives
     # two pairs, two orders, two calls: eight real completions (a tiny random model answers no letter: 0.5)
     assert server["log"].read_text().count("POST /v1/chat/completions") - before == 8
+
+
+def test_llm_feature_labeller_asks_a_real_server_in_both_orders(server):
+    from rlhf_syco.analysis.features import LLMLabeller
+    from rlhf_syco.llm_choice import OpenAIChooser
+
+    labeller = LLMLabeller(OpenAIChooser(server["url"] + "/v1", server["model"], api_key_env=None), "is more polite")
+    prompt = [{"role": "user", "content": "Where is Paris?"}]
+    pairs = [{"prompt": prompt, "a": "Thank you for asking! It is in France.", "b": "France.", "meta": {}},
+             {"prompt": prompt, "a": "France.", "b": "In France.", "meta": {}}]
+    before = server["log"].read_text().count("POST /v1/chat/completions")
+    forward = labeller(pairs)
+    backward = labeller([{**p, "a": p["b"], "b": p["a"]} for p in pairs])
+    assert set(forward.tolist()) <= {-1.0, -0.5, 0.0, 0.5, 1.0}
+    assert (forward + backward).tolist() == [0.0, 0.0]  # the swapped pair reads the same answers, negated
+    assert server["log"].read_text().count("POST /v1/chat/completions") - before == 8
+
+
+def test_analyze_with_llm_features_from_a_real_server(server, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    options = f"{{base_url: '{server['url']}/v1', model: '{server['model']}', api_key_env: null}}"
+    done = subprocess.run([sys.executable, "-m", "rlhf_syco.cli", "analyze", "experiments/tiny.yaml",
+                           f"runs_dir={tmp_path}", "pm.data.hh_pairs=12", "pm.data.belief_pairs=36",
+                           "analysis.min_pairs=10", "analysis.draws=200", "analysis.tune=200",
+                           "analysis.llm=openai", f"analysis.llm_options={options}",
+                           "analysis.llm_features={polite: 'is more polite'}"],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    labels = tmp_path / "tiny" / "analyze" / "labels" / "train" / "polite" / "shard-0000.json"
+    values = json.loads(labels.read_text())
+    assert len(values) == 36 and all(-1 <= v <= 1 for v in values)  # 48 pairs, a quarter held out
+    table = (tmp_path / "tiny" / "results" / "preference_features.csv").read_text()
+    assert "polite" in table
