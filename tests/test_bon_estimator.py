@@ -85,28 +85,39 @@ def test_kl_bon_closed_form():
     np.testing.assert_allclose(kl_bon(np.array([4, 4096])), [math.log(4) - 0.75, math.log(4096) - 4095 / 4096])
 
 
-def test_kl_plugin_against_enumerating_every_subset():
-    """The selection distribution over distinct replies, by brute force over all C(N, n) subsets."""
+def test_kl_plugin_against_enumerating_every_draw():
+    """Best-of-n of n independent draws from the pool's distinct replies, by brute force over all N^n draws."""
     samples = ["a", "b", "a", "c", "b", "a"]
-    scores = np.array([0.3, 0.9, 0.3, 0.1, 0.5, 0.7])
-    ns = [1, 2, 3, 6]
+    scores = np.array([0.3, 0.9, 0.3, 0.1, 0.9, 0.7])  # a reply scores the same wherever it occurs
+    ns = [1, 2, 3, 4]
     got = kl_plugin(samples, scores, ns)
     pool = collections.Counter(samples)
     for n, value in zip(ns, got):
         picks = collections.Counter()
-        subsets = list(itertools.combinations(range(len(samples)), n))
-        for subset in subsets:
-            best = max(subset, key=lambda i: (scores[i], -i))  # ties: the earlier sample ranks higher
-            picks[samples[best]] += 1 / len(subsets)
+        for draw in itertools.product(range(len(samples)), repeat=n):
+            best = max(draw, key=lambda i: scores[i])
+            picks[samples[best]] += 1 / len(samples) ** n
         expected = sum(q * math.log(q / (pool[r] / len(samples))) for r, q in picks.items() if q > 0)
         assert value == pytest.approx(expected, abs=1e-12)
     assert got[0] == pytest.approx(0.0, abs=1e-12)  # n = 1 selects as the pool samples
 
 
+def test_kl_plugin_never_exceeds_the_bound():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        size = int(rng.integers(1, 12))
+        samples = [str(x) for x in rng.integers(0, size, size)]
+        scores = np.array([hash(s) % 7 / 7 for s in samples])  # ties between different replies too
+        ns = list(range(1, size + 1))
+        assert np.all(kl_plugin(samples, scores, ns) <= kl_bon(np.array(ns)) + 1e-12)
+
+
 def test_kl_plugin_is_far_below_the_bound_when_replies_repeat():
-    """Two equally likely replies, the PM always prefers one: at n = 8 the selection is that reply (all but
-    never the other), a KL near log 2, while the closed form gives 1.20 nats."""
+    """Two equally likely replies, the PM always prefers one: at n = 8 best-of-n picks it unless all eight
+    draws are the other, a KL of 0.668 nats, while the closed form gives 1.20."""
     samples = ["good", "bad"] * 4
     scores = np.array([1.0, 0.0] * 4)
-    assert kl_plugin(samples, scores, [8])[0] == pytest.approx(math.log(2))
+    top = 1 - 0.5 ** 8
+    assert kl_plugin(samples, scores, [8])[0] == pytest.approx(top * math.log(2 * top)
+                                                              + (1 - top) * math.log(2 * (1 - top)))
     assert kl_bon(8) == pytest.approx(1.2044, abs=1e-4)
