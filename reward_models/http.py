@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -30,6 +31,7 @@ import numpy as np
 from pydantic import Field
 
 from reward_models.base import _HH_SPEAKERS, Message, Options, RewardModel, format_conversation, pair_count, register
+from rlhf_syco.errors import ServiceError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +78,16 @@ class HTTPRewardModel(RewardModel):
             reply = self._post({"query": queries, "prompts": prompts, "labels": [""] * len(queries)})
             scores = reply.get("rewards", reply.get("score")) if isinstance(reply, dict) else None
         if not isinstance(scores, list) or len(scores) != len(responses):
-            raise RuntimeError(f"{self.settings.url}: expected {len(responses)} scores in the reply, "
+            raise self._failed(f"{self.settings.url}: expected {len(responses)} scores in the reply, "
                                f"got {_shorten(json.dumps(reply))}")
-        return [float(s) for s in scores]
+        try:
+            values = [float(s) for s in scores]
+        except (TypeError, ValueError):
+            values = [math.nan]
+        if not all(math.isfinite(v) for v in values):
+            raise self._failed(f"{self.settings.url}: answered scores that are not finite numbers: "
+                               f"{_shorten(json.dumps(scores))}")
+        return values
 
     def _post(self, payload: dict) -> Any:
         url = self.settings.url
@@ -91,20 +100,27 @@ class HTTPRewardModel(RewardModel):
                     return json.loads(response.read())
             except urllib.error.HTTPError as e:
                 if last_try or e.code not in _RETRYABLE_STATUS:
-                    raise RuntimeError(f"HTTP {e.code} from {url}{_error_detail(e)}") from None
+                    raise self._failed(f"HTTP {e.code} from {url}{_error_detail(e)}") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 if last_try:
                     reason = getattr(e, "reason", e)
-                    raise RuntimeError(f"cannot reach {url}: {_shorten(str(reason))}") from None
+                    raise self._failed(f"cannot reach {url}: {_shorten(str(reason))} "
+                                       f"({self.settings.retries + 1} tries)") from None
             except json.JSONDecodeError:
-                raise RuntimeError(f"{url} did not answer with JSON") from None
+                raise self._failed(f"{url} did not answer with JSON") from None
             time.sleep(0.5 * 2**attempt)
+
+    def _failed(self, message: str) -> ServiceError:
+        """The one-line error of a server that failed, naming the config key of this reward model when known
+        (`build_reward_models` sets it)."""
+        return ServiceError(message, getattr(self, "config_key", None))
 
     def _secret_headers(self) -> dict[str, str]:
         headers = {}
         for header, variable in self.settings.headers_env.items():
             if variable not in os.environ:
-                raise RuntimeError(f"environment variable {variable!r} (for HTTP header {header!r}) is not set")
+                raise UserError(f"environment variable {variable!r} (for HTTP header {header!r}) is not set",
+                                getattr(self, "config_key", None))
             headers[header] = os.environ[variable]
         return headers
 

@@ -10,6 +10,7 @@ redoes one. Bad input exits with code 2 and one line saying what and where.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -241,6 +242,13 @@ def main() -> None:
             _exit_distributed()
     except UserError as e:
         console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except OSError as e:
+        cause = getattr(e, "cause", e)  # a Ray task's error wraps the worker's own
+        if getattr(cause, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        console.print(f"[red]error:[/red] {cause.filename or 'a file'}: no space left on the device (nothing "
+                      f"half-written is kept: free space and run again to resume)", highlight=False, soft_wrap=True)
         sys.exit(2)
     except click.exceptions.Abort:
         sys.exit(130)

@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import requests
 
-from rlhf_syco.errors import UserError
+from rlhf_syco.errors import ServiceError, UserError
 
 
 class HFChooser:
@@ -74,29 +75,48 @@ class HFChooser:
 
 
 class OpenAIChooser:
-    """`api_key_env` names the environment variable holding the key; the key itself is never stored."""
+    """`api_key_env` names the environment variable holding the key; the key itself is never stored. A
+    server that times out, refuses or answers 429/5xx is asked again `retries` times; then, or on an answer
+    that is not a chat completion, a one-line `ServiceError` naming `where` (the config key) and the URL."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, retries: int = 2, where: str | None = None):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.name = f"openai:{self.url}:{model}"
         self.api_key_env = api_key_env
-        self.timeout = timeout
+        self.timeout, self.retries, self.where = timeout, retries, where
         self.session = requests.Session()
         if api_key_env and not os.environ.get(api_key_env):
-            raise UserError(f"the environment variable {api_key_env} (the judge's API key) is not set")
+            raise UserError(f"the environment variable {api_key_env} (the judge's API key) is not set", where)
 
     def ask(self, question: str, letters: str) -> str | None:
         from rlhf_syco.evaluation.judges import parse_letter
 
         headers = {"Authorization": f"Bearer {os.environ[self.api_key_env]}"} if self.api_key_env else {}
         options = ", ".join(letters[:-1]) + f" or {letters[-1]}"
-        response = self.session.post(self.url, headers=headers, timeout=self.timeout, json={
-            "model": self.model, "temperature": 0, "max_tokens": 16,
-            "messages": [{"role": "user", "content": f"{question}\n\nReply with the single letter {options}."}]})
-        response.raise_for_status()
-        return parse_letter(response.json()["choices"][0]["message"]["content"] or "", letters)
+        body = {"model": self.model, "temperature": 0, "max_tokens": 16,
+                "messages": [{"role": "user", "content": f"{question}\n\nReply with the single letter {options}."}]}
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.session.post(self.url, headers=headers, timeout=self.timeout, json=body)
+            except requests.RequestException as e:
+                failure = f"cannot reach {self.url}: {type(e).__name__}"
+            else:
+                if response.status_code not in (429, 500, 502, 503, 504):
+                    break
+                failure = f"HTTP {response.status_code} from {self.url}"
+            if attempt == self.retries:
+                raise ServiceError(f"{failure} ({self.retries + 1} tries)", self.where)
+            time.sleep(0.5 * 2 ** attempt)
+        if not response.ok:
+            raise ServiceError(f"HTTP {response.status_code} from {self.url}", self.where)
+        try:
+            content = response.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ServiceError(f"{self.url} did not answer with a chat completion: "
+                               f"{' '.join(response.text.split())[:120]!r}", self.where) from None
+        return parse_letter(content or "", letters)
 
     def probabilities(self, questions: list[str], prefill: str, letters: str) -> np.ndarray:
         out = np.full((len(questions), len(letters)), 1 / len(letters))

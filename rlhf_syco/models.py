@@ -144,6 +144,8 @@ def build_reward_models(config, run_dir, names=None) -> dict:
     built = build_all(specs, {"run_dir": os.fspath(run_dir), "device": config.compute.device})
     chosen = {k: built[k] for k in (names if names is not None else built)}
     keys = {id(model): f"reward_models.{name}" for name, model in built.items()}
+    for model in chosen.values():
+        model.config_key = keys[id(model)]  # what a failing reward server's one-line error names
     for key, model in _hf_models(chosen.values(), keys):
         model.load_error = functools.partial(UserError, where=f"{key}.path")
         model.check_path()

@@ -22,7 +22,7 @@ from rlhf_syco.data import sources
 from rlhf_syco.data.preferences import statement
 from rlhf_syco.models import build_reward_models
 from rlhf_syco.progress import progress_bar
-from rlhf_syco.rundir import RunDir, atomic_path, read_jsonl, write_json, write_jsonl
+from rlhf_syco.rundir import RunDir, atomic_path, newest_intact, read_jsonl, seal, write_json, write_jsonl
 
 
 # --------------------------------------------------------------------------- training
@@ -39,9 +39,9 @@ def _encode(pairs: list[dict], tokenizer, max_length: int) -> list[dict]:
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
-    """Newest `checkpoint-N` whose trainer state was written (the Trainer writes it last)."""
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    """Newest `checkpoint-N` that matches its seal (written once the Trainer finished saving it); damaged
+    newer ones are set aside."""
+    return newest_intact(folder.glob("checkpoint-*"), lambda p: int(p.name.split("-")[1]))
 
 
 def train(config, run_dir: RunDir) -> dict:
@@ -88,8 +88,13 @@ def train(config, run_dir: RunDir) -> dict:
         def on_train_end(self, args, state, control, **kw):
             self.bar.stop()
 
+    class SealCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kw):  # the Trainer calls it once the checkpoint is written
+            if state.is_world_process_zero:
+                seal(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
     trainer = RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=train_ds,
-                            eval_dataset=eval_ds, callbacks=[RichProgress()])
+                            eval_dataset=eval_ds, callbacks=[RichProgress(), SealCheckpoints()])
     trainer.remove_callback(PrinterCallback)  # metrics go to log_history.jsonl; the console gets a progress bar
     resume = last_complete_checkpoint(ckpts)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)

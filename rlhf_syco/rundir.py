@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -51,11 +52,13 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
             shutil.rmtree(old)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e  # a full disk says which file it was writing
         raise
 
 
@@ -157,6 +160,64 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# --------------------------------------------------------------------------- sealed checkpoint folders
+
+SEAL = "SEALED.json"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def seal(folder: str | os.PathLike) -> Path:
+    """Record every file of a finished checkpoint folder (size and sha256) in its `SEALED.json`, written last."""
+    folder = Path(folder)
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _file_sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != SEAL}
+    return write_json(folder / SEAL, {"files": files})
+
+
+def seal_damage(folder: str | os.PathLike) -> str | None:
+    """Why a checkpoint folder does not match its seal (unsealed, a file missing, short or changed), or None."""
+    folder = Path(folder)
+    try:
+        files = read_json(folder / SEAL)["files"]
+    except (OSError, ValueError, KeyError):
+        return f"no {SEAL} (it was not finished)"
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {want['bytes']} when written"
+        if _file_sha256(path) != want["sha256"]:
+            return f"{name} changed since it was written (sha256 differs)"
+    return None
+
+
+def newest_intact(folders, step_of) -> Path | None:
+    """The newest (by `step_of`) of `folders` that matches its seal; each newer damaged one is moved into
+    `.damaged/` beside it (out of sight of checkpoint rotation) with a one-line warning, so the run resumes
+    from the one before it."""
+    from rlhf_syco.progress import console
+
+    for folder in sorted(folders, key=step_of, reverse=True):
+        damage = seal_damage(folder)
+        if damage is None:
+            return folder
+        aside = folder.parent / ".damaged" / folder.name
+        shutil.rmtree(aside, ignore_errors=True)
+        aside.parent.mkdir(exist_ok=True)
+        folder.rename(aside)
+        console.print(f"[yellow]warning: checkpoint {folder} is damaged ({damage}); moved to {aside}, "
+                      f"resuming from the one before it[/yellow]", highlight=False)
+    return None
+
+
 def redact(obj: Any) -> Any:
     """Drop the values of secret-looking keys (API keys, tokens) before anything is written or logged."""
     if isinstance(obj, dict):
@@ -190,6 +251,35 @@ def git_commit() -> str | None:
         return None
 
 
+LOCK = ".lock"
+
+
+def _holder_alive(holder: dict, me: dict) -> bool:
+    """Whether the process named by a lock may still run: checked on this host; elsewhere assumed, except for
+    an earlier attempt of this same Slurm job."""
+    if not holder.get("pid"):
+        return False
+    if holder.get("slurm_job") and holder.get("slurm_job") == me["slurm_job"]:
+        return False
+    if holder.get("host") != me["host"]:
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _release(path: Path, pid: int) -> None:
+    try:
+        if json.loads(path.read_text()).get("pid") == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
 class RunDir:
     """A run folder. Stages write only to `stage(name)`; tables go to `results/`."""
 
@@ -208,6 +298,46 @@ class RunDir:
     @property
     def manifest_path(self) -> Path:
         return self.path / "manifest.json"
+
+    def lock(self) -> None:
+        """Hold this run folder for this process (the main one of a launch) until it exits. A second process
+        gets one line naming the holder; a lock left by a dead process on this host, or by an earlier
+        attempt of the same Slurm job (a requeue), is taken over with a warning."""
+        if not is_main_process():
+            return
+        import atexit
+        import socket
+
+        from rlhf_syco.errors import UserError
+        from rlhf_syco.progress import console
+
+        path = self.path / LOCK
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
+              "since": now()}
+        for _ in range(3):  # a lock that vanishes or turns stale between looks is looked at again
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    holder = {}
+                if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
+                    return
+                alive = _holder_alive(holder, me)
+                where = f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+                if alive:
+                    hint = "" if holder.get("host") == me["host"] else f"; if that process is gone, delete {path}"
+                    raise UserError(f"run folder {self.path} is in use by {where}: wait for it, or choose another "
+                                    f"name={hint}") from None
+                console.print(f"[yellow]warning: taking over the lock of {self.path} from {where} "
+                              f"(no longer running)[/yellow]", highlight=False)
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            atexit.register(lambda: _release(path, me["pid"]))
+            return
 
     def stage(self, name: str) -> Path:
         d = self.path / name

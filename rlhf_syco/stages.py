@@ -39,6 +39,7 @@ NOT_RESULTS = ("stages", "compute", "slurm", "analysis")
 def open_run(config, force: tuple[str, ...] = ()) -> RunDir:
     """Create or reopen `runs/<name>/`; refuse to mix results of two different configs in one folder."""
     run_dir = RunDir(config.run_dir)
+    run_dir.lock()
     old = run_dir.manifest().get("config")
     new = config.dump()
     if old is not None and not force:

@@ -3,6 +3,7 @@ and a PM training killed mid-run resumes from its checkpoint to the same weights
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,7 +92,7 @@ def test_killed_training_resumes_from_checkpoint_to_identical_weights(tmp_path):
     proc = cli("train-pm", TINY, *args, cwd=tmp_path / "kill", wait=False)
     ckpts = tmp_path / "kill" / "runs" / "tiny" / "pm" / "checkpoints"
     deadline = time.time() + 240
-    while not list(ckpts.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
+    while not list(ckpts.glob("checkpoint-*/SEALED.json")) and time.time() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -100,8 +101,27 @@ def test_killed_training_resumes_from_checkpoint_to_identical_weights(tmp_path):
     metrics = json.loads((tmp_path / "kill" / "runs" / "tiny" / "pm" / "metrics.json").read_text())
     assert metrics["resumed_from"] and metrics["resumed_from"].startswith("checkpoint-")
     assert metrics["steps"] == 60
-    ref = load_file(tmp_path / "ref" / "runs" / "tiny" / "pm" / "model" / "model.safetensors")
-    got = load_file(tmp_path / "kill" / "runs" / "tiny" / "pm" / "model" / "model.safetensors")
+    same_weights(tmp_path / "ref", tmp_path / "kill")
+
+    # The newest checkpoint damaged as a failing disk leaves it: set aside in one line, and the training
+    # resumes from the one before it to the same weights.
+    pm = tmp_path / "kill" / "runs" / "tiny" / "pm"
+    newest = max(ckpts.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    with open(newest / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    shutil.rmtree(pm / "model")
+    (pm / "DONE.json").unlink()
+    output = cli("train-pm", TINY, *args, cwd=tmp_path / "kill").stderr
+    assert f"checkpoint {newest} is damaged (model.safetensors has 1000 bytes" in " ".join(output.split())
+    assert (ckpts / ".damaged" / newest.name).is_dir()
+    metrics = json.loads((pm / "metrics.json").read_text())
+    assert int(metrics["resumed_from"].split("-")[1]) < int(newest.name.split("-")[1])
+    same_weights(tmp_path / "ref", tmp_path / "kill")
+
+
+def same_weights(a, b):
+    ref = load_file(a / "runs" / "tiny" / "pm" / "model" / "model.safetensors")
+    got = load_file(b / "runs" / "tiny" / "pm" / "model" / "model.safetensors")
     assert ref.keys() == got.keys()
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6)

@@ -244,6 +244,20 @@ def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
     a, b = load_file(whole.run_dir / final), load_file(killed.run_dir / final)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    # A byte flipped in the newest checkpoint's optimizer state: set aside, and the run redoes its last steps
+    # from the checkpoint before it to the same numbers.
+    newest = killed.run_dir / "ppo" / "checkpoints" / "step-000012"
+    state = next(p for p in sorted((newest / "state").rglob("*")) if p.is_file() and p.stat().st_size > 100)
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    state.write_bytes(bytes(data))
+    output = finish(stage_process(killed, tmp_path))
+    assert "step-000012 is damaged" in " ".join(output.split()) and "resumed from step-000010" in output
+    assert (newest.parent / ".damaged" / "step-000012").is_dir()
+    assert metrics_rows(killed.run_dir) == metrics_rows(whole.run_dir)
+    b = load_file(killed.run_dir / final)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("zero", [2, 3])

@@ -28,6 +28,7 @@ from reward_models import (
     validate_spec,
 )
 from reward_models.callable_rm import CallableRewardModel
+from rlhf_syco.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = __name__  # for `module:attr` paths to the functions below
@@ -371,7 +372,7 @@ def test_http_errors_are_one_line_without_secrets(monkeypatch):
         unreachable.score(CONVERSATIONS[:1], RESPONSES[:1])
 
     monkeypatch.delenv("SYCO_TEST_RM_KEY")
-    with pytest.raises(RuntimeError, match="environment variable 'SYCO_TEST_RM_KEY' .* is not set"):
+    with pytest.raises(UserError, match="environment variable 'SYCO_TEST_RM_KEY' .* is not set"):
         remote.score(CONVERSATIONS[:1], RESPONSES[:1])
 
 

@@ -109,8 +109,9 @@ class OpenAIJudge(PositivityJudge):
     (`llm_choice.OpenAIChooser`); an unparsable reply scores 0.5."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 timeout: float = 60.0):
-        self.chooser = OpenAIChooser(base_url, model, api_key_env, timeout)
+                 timeout: float = 60.0, retries: int = 2):
+        self.chooser = OpenAIChooser(base_url, model, api_key_env, timeout, retries,
+                                     where="eval.positivity_judge_options")
 
     def p_first(self, contexts, first, second) -> np.ndarray:
         questions = [judge_question(s, x, y) for s, x, y in zip(contexts, first, second)]

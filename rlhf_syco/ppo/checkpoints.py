@@ -6,7 +6,8 @@
   model and optimizer states under ZeRO);
 - `trainer_state.json`: step, KL coefficient, number of processes.
 
-Each is written under a temporary name and renamed, so a listed checkpoint is a complete one. The newest
+Each is written under a temporary name, sealed (`SEALED.json`: every file's size and sha256) and renamed; resuming
+takes the newest one that still matches its seal, and sets a damaged one aside. The newest
 `keep_last` stay whole; older ones are deleted, except those the caller keeps the policy of (the evaluation
 checkpoints: the models the curves were measured on), which lose `state/` and `value/` only.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlhf_syco.errors import UserError
-from rlhf_syco.rundir import atomic_path, read_json, write_json
+from rlhf_syco.rundir import atomic_path, newest_intact, read_json, seal, write_json
 
 
 class Checkpoints:
@@ -51,6 +52,8 @@ class Checkpoints:
                     tokenizer.save_pretrained(tmp / name)
                 write_json(tmp / "trainer_state.json", {"step": step, **state, "processes": acc.num_processes})
             acc.wait_for_everyone()
+            if acc.is_main_process:
+                seal(tmp)  # after every process wrote its state shards
         acc.wait_for_everyone()
         if acc.is_main_process:
             self.prune()
@@ -71,16 +74,21 @@ class Checkpoints:
                 shutil.rmtree(doomed)
 
     def last(self) -> Path | None:
-        """The newest checkpoint that can be resumed from (one with its `state/`)."""
+        """The newest checkpoint that can be resumed from: one with its `state/` that matches its seal
+        (damaged newer ones are set aside)."""
         resumable = [p for p in self.folder.glob("step-*") if (p / "state").exists()]
-        return max(resumable, key=lambda p: int(p.name.split("-")[1]), default=None)
+        return newest_intact(resumable, lambda p: int(p.name.split("-")[1]))
 
     def load_last(self) -> dict | None:
         """Load accelerate's state from the newest resumable checkpoint; returns its `trainer_state.json` (with
         `path`), or None when there is none."""
-        ckpt = self.last()
-        if ckpt is None:
+        from accelerate.utils import broadcast_object_list
+
+        found = str(self.last() or "") if self.accelerator.is_main_process else None  # one process checks seals
+        found = broadcast_object_list([found])[0]
+        if not found:
             return None
+        ckpt = Path(found)
         state = read_json(ckpt / "trainer_state.json")
         if state["processes"] != self.accelerator.num_processes:
             raise UserError(f"{ckpt} was written by {state['processes']} processes; resume with as many "
