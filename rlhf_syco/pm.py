@@ -22,6 +22,7 @@ from rlhf_syco.data import sources
 from rlhf_syco.data.preferences import statement
 from rlhf_syco.models import build_reward_models
 from rlhf_syco.progress import progress_bar
+from rlhf_syco import preemption
 from rlhf_syco.rundir import RunDir, atomic_path, newest_intact, read_jsonl, seal, write_json, write_jsonl
 
 
@@ -93,11 +94,22 @@ def train(config, run_dir: RunDir) -> dict:
             if state.is_world_process_zero:
                 seal(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
+    class StopWhenSignalled(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            preemption.deferred()
+
+        def on_step_end(self, args, state, control, **kw):
+            if preemption.requested():
+                control.should_save = control.should_training_stop = True
+
     trainer = RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=train_ds,
-                            eval_dataset=eval_ds, callbacks=[RichProgress(), SealCheckpoints()])
+                            eval_dataset=eval_ds, callbacks=[RichProgress(), SealCheckpoints(), StopWhenSignalled()])
     trainer.remove_callback(PrinterCallback)  # metrics go to log_history.jsonl; the console gets a progress bar
     resume = last_complete_checkpoint(ckpts)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if preemption.requested():
+        step = trainer.state.global_step
+        raise preemption.stop("pm", step, f"checkpoint-{step}")
 
     # Every rank takes part in saving (ZeRO-3 gathers the shards); only the main process writes, into a
     # staging folder that it then renames into place.

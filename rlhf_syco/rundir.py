@@ -214,7 +214,7 @@ def newest_intact(folders, step_of) -> Path | None:
         aside.parent.mkdir(exist_ok=True)
         folder.rename(aside)
         console.print(f"[yellow]warning: checkpoint {folder} is damaged ({damage}); moved to {aside}, "
-                      f"resuming from the one before it[/yellow]", highlight=False)
+                      f"resuming from the one before it[/yellow]", highlight=False, soft_wrap=True)
     return None
 
 
@@ -331,7 +331,7 @@ class RunDir:
                     raise UserError(f"run folder {self.path} is in use by {where}: wait for it, or choose another "
                                     f"name={hint}") from None
                 console.print(f"[yellow]warning: taking over the lock of {self.path} from {where} "
-                              f"(no longer running)[/yellow]", highlight=False)
+                              f"(no longer running)[/yellow]", highlight=False, soft_wrap=True)
                 path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import resource
 import time
 
+from rlhf_syco import preemption
 from rlhf_syco.errors import UserError
 from rlhf_syco.progress import console
 from rlhf_syco.registry import import_object
@@ -83,7 +84,8 @@ def run_stage(name: str, config, run_dir: RunDir) -> dict | None:
         torch.set_num_threads(config.compute.torch_threads)
     t0, started = time.time(), now()
     run_dir.update_manifest(stages={name: {"started": started}})
-    summary = import_object(target)(config, run_dir) or {}
+    with preemption.graceful():  # SIGTERM / SIGINT: a checkpoint, then one line and exit 143
+        summary = import_object(target)(config, run_dir) or {}
     seconds = round(time.time() - t0, 1)
     # the peak memory of the process that ran it (on Linux ru_maxrss is in KiB)
     peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

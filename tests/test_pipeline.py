@@ -156,6 +156,7 @@ def test_killed_run_resumes_to_the_same_results(reference, tmp_path):
     """SIGKILL `rlhf-syco run` (its whole process group) at random moments: in start-up or data, in PM training
     just after its first checkpoint, and in the stages after the probe; then `--resume` to the end."""
     command = [sys.executable, "-m", "rlhf_syco.cli", "run", str(TINY), *FAST, "name=killed",
+               f"stages=[{','.join(STAGES)}]",  # as the reference ran them
                f"runs_dir={tmp_path}", "--resume"]
     run_dir = tmp_path / "killed"
     seed = int(time.time())

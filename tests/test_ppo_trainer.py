@@ -128,8 +128,9 @@ def test_stage_writes_checkpoints_evaluations_and_curves(tmp_path):
             "value/clipfrac", "value/error", "kl_coef", "lr"} <= set(rows[0])
     # keep_last 1: step 4 whole; step 2 is an evaluation checkpoint, so its policy stays
     assert sorted(p.name for p in (out / "checkpoints" / "step-000004").iterdir()) == \
-        ["policy", "state", "trainer_state.json", "value"]
-    assert sorted(p.name for p in (out / "checkpoints" / "step-000002").iterdir()) == ["policy", "trainer_state.json"]
+        ["SEALED.json", "policy", "state", "trainer_state.json", "value"]
+    assert sorted(p.name for p in (out / "checkpoints" / "step-000002").iterdir()) == \
+        ["SEALED.json", "policy", "trainer_state.json"]  # pruned: kept for its evaluation, no longer resumable
     assert sorted(p.name for p in (out / "eval").iterdir()) == ["step-000000", "step-000002", "step-000004"]
 
     curves = pd.read_csv(run_dir.results / "ppo_curves.csv")
@@ -178,10 +179,17 @@ def test_value_model_from_the_pm_needs_a_pm_with_the_policys_tokenizer(tmp_path)
 RUN_STAGE = textwrap.dedent("""
     import os, sys, torch
     torch.set_num_threads(1)
+    from rlhf_syco import preemption
     from rlhf_syco.config import load_config
+    from rlhf_syco.errors import UserError
     from rlhf_syco.ppo import stage
     config = load_config(sys.argv[1])
-    stage.run(config, config.run_dir)
+    try:
+        with preemption.graceful():  # as run_stage runs every stage
+            stage.run(config, config.run_dir)
+    except UserError as e:
+        print(f"error: {e}", flush=True)
+        os._exit(e.exit_code)
     os._exit(0)  # two-process DeepSpeed can abort in interpreter shutdown after a clean finish
 """)
 
@@ -257,6 +265,30 @@ def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
     assert metrics_rows(killed.run_dir) == metrics_rows(whole.run_dir)
     b = load_file(killed.run_dir / final)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_stops_with_a_checkpoint_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
+    options = dict(steps=12, checkpoint_every=6, eval_every=6, keep_last=2, lr=1e-3, adaptive_kl_target=0.5)
+    whole, stopped = tiny_config(tmp_path, "whole", **options), tiny_config(tmp_path, "stopped", **options)
+    with_data(whole)
+    shutil.copytree(whole.run_dir / "data", stopped.run_dir / "data")
+    finish(stage_process(whole, tmp_path))
+
+    process = stage_process(stopped, tmp_path)
+    metrics = stopped.run_dir / "ppo" / "metrics.jsonl"
+    while process.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output[-3000:]
+    step = int(output.split("ppo: stopped by SIGTERM after step ")[1].split(",")[0])
+    assert step < 12 and (stopped.run_dir / "ppo" / "checkpoints" / f"step-{step:06d}" / "SEALED.json").exists()
+    output = finish(stage_process(stopped, tmp_path))
+    assert f"resumed from step-{step:06d}" in output
+    assert metrics_rows(stopped.run_dir) == metrics_rows(whole.run_dir)
+    for table in ("ppo_curves.csv", "ppo_rewards.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(stopped.run_dir / "results" / table),
+                                      pd.read_csv(whole.run_dir / "results" / table))
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@ folder; a full disk. (Damaged checkpoints: tests/test_pm.py and tests/test_ppo_t
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_syco.models import resolve
-from rlhf_syco.stages import STAGES
+from rlhf_syco.config import ExperimentConfig
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.slow  # real daemons / processes: minutes
@@ -54,7 +54,7 @@ def test_job_runs_the_experiment_on_ray(first_job):
     log = (run_dir / "slurm" / f"{job}.log").read_text()
     assert state["JobState"] == "COMPLETED" and state["ExitCode"] == "0:0", log[-3000:]
     assert "stage-pm pid=" in log  # the PM was trained in a Ray worker of the job's cluster
-    assert all((run_dir / stage / "DONE.json").exists() for stage in STAGES)
+    assert all((run_dir / stage / "DONE.json").exists() for stage in ExperimentConfig().stages)
     heldout = sum(1 for _ in open(run_dir / "data" / "pm_heldout.jsonl"))
     assert json.loads((run_dir / "results" / "pm_heldout.json").read_text())["all"]["n"] == heldout
     probe = json.loads((run_dir / "results" / "probe_pm.json").read_text())

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlhf_syco import preemption
 from rlhf_syco.distributed import zero_stage
 from rlhf_syco.errors import UserError
 from rlhf_syco.generation import derive_seed, stop_token_ids
@@ -94,6 +95,7 @@ class PPOTrainer:
         start = self.resume()
         if evaluate is not None and (start == 0 or self._is_eval_step(start)):
             evaluate(self, start)  # a no-op when its results exist (a crash after the checkpoint repeats it)
+        preemption.deferred()
         with progress_bar() as progress:
             task = progress.add_task("ppo", total=args.steps, completed=start)
             for step in range(start + 1, args.steps + 1):
@@ -103,10 +105,14 @@ class PPOTrainer:
                     write_jsonl(self.output_dir / "metrics.jsonl", self.history)
                 if args.log_with != "none":
                     acc.log(metrics, step=step)
-                if step % args.checkpoint_every == 0 or self._is_eval_step(step):
+                saved = step % args.checkpoint_every == 0 or self._is_eval_step(step)
+                if saved:
                     self.save_checkpoint(step)
                 if evaluate is not None and self._is_eval_step(step):
                     evaluate(self, step)
+                if preemption.requested():
+                    path = self.save_checkpoint(step) if not saved else self.checkpoints.folder / f"step-{step:06d}"
+                    raise preemption.stop("ppo", step, path.name)
                 progress.update(task, completed=step, description=f"ppo: score {metrics['objective/scores']:.3f} "
                                                                   f"kl {metrics['objective/kl']:.3f}")
         return self.history[-1] if self.history else {}

@@ -1,0 +1,63 @@
+"""Stopping on SIGTERM or SIGINT (Slurm's preemption signal, Ctrl-C) with a checkpoint, not after losing the work
+done since the last periodic one.
+
+`run_stage` runs every stage inside `graceful()`. A stage that checkpoints by step (PM training, PPO) calls
+`deferred()` once it is ready to stop cleanly and asks `requested()` after each step: when a signal has
+arrived, it writes a checkpoint and raises `Preempted`. A stage that does not defer (its caches are written per
+shard or per type, atomically) is stopped at once by the first signal. A second signal stops any stage at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+from rlhf_syco.errors import UserError
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_state = {"defer": False, "signal": None}
+
+
+class Preempted(UserError):
+    """The run was stopped by a signal; what it had finished, and its checkpoint, are kept for `--resume`."""
+
+    exit_code = 128 + signal.SIGTERM  # what a process killed by SIGTERM reports
+
+
+def _stop(signum, frame) -> None:
+    name = signal.Signals(signum).name
+    if _state["defer"] and _state["signal"] is None:
+        _state["signal"] = name  # the stage checkpoints after its current step, then raises
+        return
+    raise Preempted(f"stopped by {name}; run again (with --resume) to continue from what was finished")
+
+
+@contextlib.contextmanager
+def graceful():
+    """Handle SIGTERM and SIGINT while a stage runs (in the main thread only: signals are delivered there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _stop) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _state.update(defer=False, signal=None)
+
+
+def deferred() -> None:
+    """From now on, the stage stops at its next step boundary instead of at once."""
+    _state["defer"] = True
+
+
+def requested() -> str | None:
+    """The name of the signal that asked the stage to stop, or None."""
+    return _state["signal"]
+
+
+def stop(stage: str, step: int, checkpoint: str) -> Preempted:
+    return Preempted(f"{stage}: stopped by {requested()} after step {step}, with a checkpoint ({checkpoint}); run "
+                     f"again (with --resume) to continue from it")
