@@ -3,10 +3,10 @@ to the end, and compared with one uninterrupted run:
 
     python benchmarks/chaos.py [--runs 20] [--seed 0] [--out /tmp/chaos]
 
-Each run: start `rlhf-syco run experiments/tiny.yaml --no-ray`, kill it at a random moment (start-up to PPO),
-again at random once PM training has written its checkpoints, damage the newest PM checkpoint (truncate, flip
-a byte, or delete a file, at random) and, if the kill came late enough, the newest PPO checkpoint, then run it
-to the end with `--resume`. Prints one line per run and "k/N identical": every file in `results/` byte for byte
+Each run: start `rlhf-syco run experiments/tiny.yaml --no-ray`, kill it (SIGKILL) just after PM training wrote a
+checkpoint and damage that checkpoint (truncate, flip a byte, or delete one of its files, at random); start it
+again, kill it at a random moment of what follows and damage the newest PPO checkpoint, if there is one; then
+run it to the end with `--resume`. Prints one line per run and "k/N identical": every file in `results/` byte for byte
 the same as the uninterrupted run's.
 """
 
@@ -68,29 +68,31 @@ def one_run(number: int, out: Path, rng: random.Random, reference: dict[str, byt
     args = [f"runs_dir={out}", f"name=run-{number}", "--resume"]
     run_dir, log = out / f"run-{number}", out / f"run-{number}.log"
     events = []
-    process = start(args, log)  # killed at a random moment, start-up to PPO
-    time.sleep(rng.uniform(2, 30))
-    if process.poll() is None:
-        kill(process)
-        events.append("killed")
-    process = start(args, log)  # killed once PM training has written its checkpoints
+    process = start(args, log)  # killed once PM training has written a checkpoint, which is then damaged
     pm_checkpoints = run_dir / "pm" / "checkpoints"
     deadline = time.time() + 300
     while process.poll() is None and newest(pm_checkpoints, "checkpoint-*") is None and time.time() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.01)
     time.sleep(rng.uniform(0, 0.3))
     if process.poll() is None:
         kill(process)
         events.append("killed in PM training")
-    for folder, pattern in ((pm_checkpoints, "checkpoint-*"), (run_dir / "ppo" / "checkpoints", "step-*")):
-        found = newest(folder, pattern)
-        if found is not None:
-            events.append(damage(found, rng))
+    found = newest(pm_checkpoints, "checkpoint-*")
+    if found is not None:
+        events.append(damage(found, rng))
+    process = start(args, log)  # killed at a random moment of what follows, and its newest PPO checkpoint damaged
+    seconds = rng.uniform(1, 15)
+    time.sleep(seconds)
+    if process.poll() is None:
+        kill(process)
+        events.append(f"killed after {seconds:.1f} s")
+    found = newest(run_dir / "ppo" / "checkpoints", "step-*")
+    if found is not None and not (run_dir / "ppo" / "DONE.json").exists():
+        events.append(damage(found, rng))
     done = subprocess.run(COMMAND + args, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         return False, f"{', '.join(events)}; the resumed run failed: {done.stderr.strip().splitlines()[-1:]}"
-    same = results(run_dir) == reference
-    return same, ", ".join(events) or "finished before any kill"
+    return results(run_dir) == reference, ", ".join(events)
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ Every command takes an experiment config (YAML in `experiments/`) followed by op
     rlhf-syco train-pm experiments/default.yaml pm.train.lr=1e-5 name=lr-sweep-1
 
 Results go to `runs/<name>/`. Finished stages are skipped when a command is run again; `--force STAGE`
-redoes one. Bad input exits with code 2 and one line saying what and where.
+redoes one. Bad input (a full disk included) exits with code 2 and one line saying what and where; a reward
+server or judge that fails, with code 3; a stage stopped by SIGTERM or SIGINT, with 143 or 130 (docs/reliability.md).
 """
 
 from __future__ import annotations

@@ -57,6 +57,13 @@ def panel_figure(rows: pd.DataFrame, x: str, x_label: str, series: str | None, t
     for ax in flat[len(types):] if paired is None else []:
         ax.axis("off")
     fig.suptitle(title)
+    return _save(fig, rows, out)
+
+
+def _save(fig, rows: pd.DataFrame, out: Path) -> Path:
+    """The figure as `out` and the rows it shows beside it as CSV."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -100,13 +107,7 @@ def preference_features_figure(rows: pd.DataFrame, out: Path) -> Path:
         ax.grid(alpha=0.3, axis="x")
     axes[0][0].invert_yaxis()  # the first feature on top (the axes share y)
     fig.suptitle("What predicts preference (Bayesian logistic regression, 95% intervals)")
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    with atomic_path(out.with_suffix(".csv")) as tmp:
-        rows.to_csv(tmp, index=False)
-    return out
+    return _save(fig, rows, out)
 
 
 def _reason(rows: pd.DataFrame) -> str:

@@ -20,17 +20,23 @@ _state = {"defer": False, "signal": None}
 
 
 class Preempted(UserError):
-    """The run was stopped by a signal; what it had finished, and its checkpoint, are kept for `--resume`."""
+    """The run was stopped by a signal; what it had finished, and its checkpoint, are kept for `--resume`.
+    Exits with 128 + the signal's number, as a process killed by that signal reports (SIGTERM 143, SIGINT 130)."""
 
-    exit_code = 128 + signal.SIGTERM  # what a process killed by SIGTERM reports
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum
+
+    def __reduce__(self):  # crosses a process boundary (a Ray stage worker) with its signal
+        return type(self), (str(self), self.signum)
 
 
 def _stop(signum, frame) -> None:
-    name = signal.Signals(signum).name
     if _state["defer"] and _state["signal"] is None:
-        _state["signal"] = name  # the stage checkpoints after its current step, then raises
+        _state["signal"] = signum  # the stage checkpoints after its current step, then raises
         return
-    raise Preempted(f"stopped by {name}; run again (with --resume) to continue from what was finished")
+    raise Preempted(f"stopped by {signal.Signals(signum).name}; run again (with --resume) to continue from what "
+                    f"was finished", signum)
 
 
 @contextlib.contextmanager
@@ -53,11 +59,11 @@ def deferred() -> None:
     _state["defer"] = True
 
 
-def requested() -> str | None:
-    """The name of the signal that asked the stage to stop, or None."""
+def requested() -> int | None:
+    """The signal that asked the stage to stop, or None."""
     return _state["signal"]
 
 
 def stop(stage: str, step: int, checkpoint: str) -> Preempted:
-    return Preempted(f"{stage}: stopped by {requested()} after step {step}, with a checkpoint ({checkpoint}); run "
-                     f"again (with --resume) to continue from it")
+    return Preempted(f"{stage}: stopped by {signal.Signals(requested()).name} after step {step}, with a checkpoint "
+                     f"({checkpoint}); run again (with --resume) to continue from it", requested())

@@ -136,7 +136,13 @@ def load_cached(path: str | os.PathLike, key: str) -> Any | None:
         data = path.read_bytes()
     except (OSError, ValueError):
         return None
-    if meta.get("key") != key or meta.get("bytes") != len(data) or meta.get("sha256") != _sha256(data):
+    if meta.get("key") != key:
+        return None  # made from other inputs: recomputed, as expected
+    if meta.get("bytes") != len(data) or meta.get("sha256") != _sha256(data):
+        from rlhf_syco.progress import console
+
+        console.print(f"[yellow]warning: {path} is damaged ({len(data)} bytes, {meta.get('bytes')} when written, or "
+                      f"its sha256 differs); computing it again[/yellow]", highlight=False, soft_wrap=True)
         return None
     return _decode(path, data)
 

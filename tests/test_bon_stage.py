@@ -208,7 +208,7 @@ def shards(run_dir):
     return sorted((run_dir / "bon" / "pool").glob("*/shard-*.jsonl"))
 
 
-def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, one_thread):
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, one_thread, capsys):
     resolve("tiny:decoder")  # built once, before the subprocess needs it
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     stage.run(config(["length"], ["answer", "opinion"]), whole)
@@ -232,5 +232,17 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, one_thre
     assert [p.relative_to(killed) for p in shards(killed)] == [p.relative_to(whole) for p in shards(whole)]
     for mine, reference in zip(shards(killed), shards(whole)):
         assert mine.read_text() == reference.read_text()
+    for table in ("bon_curves.csv", "bon_metrics.csv", "bon_rewards.csv"):
+        assert (killed / "results" / table).read_text() == (whole / "results" / table).read_text()
+
+    # A shard damaged on disk (truncated) is noticed, drawn again, and the results stay the same.
+    damaged = shards(killed)[0]
+    with open(damaged, "r+b") as f:
+        f.truncate(damaged.stat().st_size // 2)
+    (killed / "bon" / "DONE.json").unlink(missing_ok=True)
+    capsys.readouterr()
+    stage.run(config(["length"], ["answer", "opinion"]), killed)
+    assert f"{damaged} is damaged" in " ".join(capsys.readouterr().err.split())
+    assert damaged.read_text() == shards(whole)[0].read_text()
     for table in ("bon_curves.csv", "bon_metrics.csv", "bon_rewards.csv"):
         assert (killed / "results" / table).read_text() == (whole / "results" / table).read_text()

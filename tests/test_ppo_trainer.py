@@ -225,19 +225,30 @@ def metrics_rows(run_dir) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
-    options = dict(steps=12, checkpoint_every=2, eval_every=6, keep_last=2, lr=1e-3, adaptive_kl_target=0.5)
-    whole, killed = tiny_config(tmp_path, "whole", **options), tiny_config(tmp_path, "killed", **options)
+def uninterrupted_and_second(tmp_path, second: str, **options):
+    """An uninterrupted 12-step run, finished, and a second config of the same run on the same data."""
+    options = dict(steps=12, eval_every=6, keep_last=2, lr=1e-3, adaptive_kl_target=0.5, **options)
+    whole, other = tiny_config(tmp_path, "whole", **options), tiny_config(tmp_path, second, **options)
     with_data(whole)
-    shutil.copytree(whole.run_dir / "data", killed.run_dir / "data")
+    shutil.copytree(whole.run_dir / "data", other.run_dir / "data")
     finish(stage_process(whole, tmp_path))
+    return whole, other
 
-    process = stage_process(killed, tmp_path)
+
+def signalled(process: subprocess.Popen, config, signum: int, after_steps: int) -> str:
+    """Send `signum` once the run has logged `after_steps` steps; its output."""
+    metrics = config.run_dir / "ppo" / "metrics.jsonl"
+    while process.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < after_steps):
+        time.sleep(0.02)
+    process.send_signal(signum)
+    return process.communicate(timeout=120)[0]
+
+
+def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
+    whole, killed = uninterrupted_and_second(tmp_path, "killed", checkpoint_every=2)
+
+    signalled(stage_process(killed, tmp_path), killed, signal.SIGKILL, after_steps=3)
     metrics = killed.run_dir / "ppo" / "metrics.jsonl"
-    while process.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
     assert len(metrics.read_text().splitlines()) < 12, "the run finished before it could be killed"
     output = finish(stage_process(killed, tmp_path))
     assert "resumed from step-" in output
@@ -268,18 +279,10 @@ def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
 
 
 def test_sigterm_stops_with_a_checkpoint_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
-    options = dict(steps=12, checkpoint_every=6, eval_every=6, keep_last=2, lr=1e-3, adaptive_kl_target=0.5)
-    whole, stopped = tiny_config(tmp_path, "whole", **options), tiny_config(tmp_path, "stopped", **options)
-    with_data(whole)
-    shutil.copytree(whole.run_dir / "data", stopped.run_dir / "data")
-    finish(stage_process(whole, tmp_path))
+    whole, stopped = uninterrupted_and_second(tmp_path, "stopped", checkpoint_every=6)
 
     process = stage_process(stopped, tmp_path)
-    metrics = stopped.run_dir / "ppo" / "metrics.jsonl"
-    while process.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
+    output = signalled(process, stopped, signal.SIGTERM, after_steps=2)
     assert process.returncode == 143, output[-3000:]
     step = int(output.split("ppo: stopped by SIGTERM after step ")[1].split(",")[0])
     assert step < 12 and (stopped.run_dir / "ppo" / "checkpoints" / f"step-{step:06d}" / "SEALED.json").exists()

@@ -29,8 +29,9 @@ from rlhf_syco.analysis.features import FEATURES, LLMLabeller, make_chooser
 from rlhf_syco.analysis.regression import accuracy, fit
 from rlhf_syco.errors import UserError
 from rlhf_syco.evaluation.metrics import wilson_interval
+from rlhf_syco.plots import preference_features_figure
 from rlhf_syco.progress import console, progress_bar
-from rlhf_syco.rundir import RunDir, cached, fingerprint, read_json, read_jsonl, write_json
+from rlhf_syco.rundir import RunDir, atomic_path, cached, fingerprint, read_json, read_jsonl, write_json
 
 FEATURES_FILE, SUMMARY_FILE = "preference_features.csv", "preference_analysis.json"
 KNOWN_TRUTH = "belief"  # the source whose labeler rule is known exactly
@@ -88,14 +89,12 @@ def run(config, run_dir: RunDir) -> dict:
             "pm_heldout_accuracy": (pm.get(subset) or {}).get("accuracy"),
             "max_rhat": posterior.max_rhat, "divergences": posterior.divergences,
             "fitted": posterior.features}
-    table = pd.DataFrame(rows)
-    from rlhf_syco.plots import preference_features_figure
-    from rlhf_syco.rundir import atomic_path
-
+    table = pd.DataFrame(rows, columns=None if rows else ["subset", "feature", "measurable", "reason"])
     with atomic_path(run_dir.results / FEATURES_FILE) as tmp:
         table.to_csv(tmp, index=False)
     write_json(run_dir.results / SUMMARY_FILE, summary)
-    preference_features_figure(table, run_dir.path / "plots" / "preference_features.png")
+    if not table.empty:
+        preference_features_figure(table, run_dir.path / "plots" / "preference_features.png")
     _print(table, summary)
     return {k: {"heldout_accuracy": (v.get("heldout_accuracy") or {}).get("value"),
                 "pm_heldout_accuracy": v.get("pm_heldout_accuracy")} for k, v in summary["subsets"].items()}
