@@ -342,8 +342,12 @@ class RunDir:
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
-            atexit.register(lambda: _release(path, me["pid"]))
+            atexit.register(self.unlock)
             return
+
+    def unlock(self) -> None:
+        """Give the run folder up, if this process holds it (at exit, or once a caller is done with it)."""
+        _release(self.path / LOCK, os.getpid())
 
     def stage(self, name: str) -> Path:
         d = self.path / name

@@ -48,6 +48,7 @@ def bad_pm_config(tmp_path) -> Path:
     run = open_run(load_config(config, [f"runs_dir={tmp_path}"]))
     run.mark_done("data")
     run.mark_done("pm")
+    run.unlock()  # the command under test opens the folder itself
     return config
 
 

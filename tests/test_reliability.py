@@ -182,11 +182,13 @@ def test_a_second_process_on_a_run_folder_is_refused_and_a_dead_holders_lock_tak
     assert not (tmp_path / "tiny" / ".lock").exists()  # released at exit
 
 
-def test_the_same_process_may_open_its_run_folder_again(tmp_path):
+def test_the_same_process_may_open_its_run_folder_again_and_give_it_up(tmp_path):
     run = RunDir(tmp_path / "run")
     run.lock()
     run.lock()
     assert json.loads((tmp_path / "run" / ".lock").read_text())["pid"] == os.getpid()
+    run.unlock()
+    assert not (tmp_path / "run" / ".lock").exists()
 
 
 @pytest.fixture
