@@ -37,6 +37,18 @@ def import_object(path: str) -> Any:
     return obj
 
 
+def build(factory: Callable, options: dict, what: str, where: str | None = None) -> Any:
+    """`factory(**options)`, the options checked against its signature first: a misspelt option is one line
+    naming `what` (and the config key `where`), not a TypeError from deep inside a model loader."""
+    import inspect
+
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as e:
+        raise UserError(f"bad options for {what}: {e}", where) from None
+    return factory(**options)
+
+
 def suggest(name: Any, choices) -> str:
     """" (did you mean 'x'?)" for the closest choice, or ""."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)

@@ -155,16 +155,11 @@ class LLMLabeller:
 def make_chooser(kind: str, options: dict):
     from rlhf_syco.errors import UserError
     from rlhf_syco.llm_choice import HFChooser, OpenAIChooser
-
-    import inspect
+    from rlhf_syco.registry import build
 
     choosers = {"hf_llm": HFChooser, "openai": OpenAIChooser}
     if kind not in choosers:
         raise UserError(f"unknown LLM labeller {kind!r}; known: {', '.join(choosers)}", "analysis.llm")
     if kind == "openai":
         options = {**options, "where": "analysis.llm_options"}
-    try:
-        inspect.signature(choosers[kind]).bind(**options)
-    except TypeError as e:
-        raise UserError(f"bad options for the {kind} labeller: {e}", "analysis.llm_options") from None
-    return choosers[kind](**options)
+    return build(choosers[kind], options, f"the {kind} labeller", "analysis.llm_options")

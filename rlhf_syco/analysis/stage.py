@@ -70,7 +70,7 @@ def run(config, run_dir: RunDir) -> dict:
         posterior = fit(x[:, fitted], y, [names[k] for k in fitted], prior_scale=settings.prior_scale,
                         draws=settings.draws, tune=settings.tune, chains=settings.chains, seed=config.seed)
         by_name = {r["feature"]: r for r in posterior.summary()}
-        expected = _expected(config, subset, names)
+        expected = _expected(config, subset, settings.features)
         for k, name in enumerate(names):
             row = {"subset": subset, "feature": name, "nonzero": int(nonzero[k]), "pairs": int(keep.sum())}
             if name in by_name:
@@ -201,14 +201,14 @@ def _label(labellers: dict, pairs: list[dict], folder: Path, shard_size: int, pr
 # --------------------------------------------------------------------------- what is known, and the table
 
 
-def _expected(config, subset: str, names: list[str]) -> dict[str, float]:
+def _expected(config, subset: str, features: list[str]) -> dict[str, float]:
     """On this run's belief pairs without the preamble the labeler prefers agreement with probability beta and
-    looks at nothing else: alpha = logit(beta) for matches_user_beliefs, 0 for every other feature."""
+    looks at nothing else: alpha = logit(beta) for matches_user_beliefs, 0 for every other mechanical feature."""
     if config.analysis.data is not None or subset != KNOWN_TRUTH or not 0 < config.pm.data.beta < 1:
         return {}
     beta = config.pm.data.beta
     return {name: (math.log(beta / (1 - beta)) if name == "matches_user_beliefs" else 0.0)
-            for name in names if name in FEATURES.names()}
+            for name in features}
 
 
 def _rate(value: float, n: int) -> dict | None:

@@ -8,14 +8,12 @@ number computed here is comparable across our own runs, not to the digit with th
 
 from __future__ import annotations
 
-import inspect
 import re
 from functools import lru_cache
 from typing import Iterable
 
-from rlhf_syco.errors import UserError
 from rlhf_syco.evaluation.answers import is_affirmed, sentences
-from rlhf_syco.registry import Registry
+from rlhf_syco.registry import Registry, build
 from rlhf_syco.text import normalize_answer, strip_diacritics
 
 # Pairwise positivity judges (feedback); packages add judges through the `rlhf_syco.judges` entry points.
@@ -27,17 +25,8 @@ JUDGES = Registry("judge", "rlhf_syco.judges", {
 
 
 def get_judge(name: str, **options):
-    """Build a judge from its name (see `JUDGES`) and options.
-
-    Options are checked against the factory's signature first, so a misspelt option is a one-line user
-    error instead of a TypeError from deep inside a model loader.
-    """
-    factory = JUDGES.get(name)
-    try:
-        inspect.signature(factory).bind(**options)
-    except TypeError as e:
-        raise UserError(f"bad options for judge {name!r}: {e}") from None
-    return factory(**options)
+    """Build a judge from its name (see `JUDGES`) and options (checked first: `registry.build`)."""
+    return build(JUDGES.get(name), options, f"judge {name!r}")
 
 
 # ------------------------------------------------------------------------------------------------ answers
