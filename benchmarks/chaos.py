@@ -1,13 +1,17 @@
 """The tiny experiment N times, each killed (SIGKILL) at random moments and with one checkpoint damaged, resumed
 to the end, and compared with one uninterrupted run:
 
-    python benchmarks/chaos.py [--runs 20] [--seed 0] [--out /tmp/chaos]
+    python benchmarks/chaos.py [--runs 20] [--seed 0] [--out /tmp/chaos] [--signal TERM]
 
 Each run: start `rlhf-syco run experiments/tiny.yaml --no-ray`, kill it (SIGKILL) just after PM training wrote a
 checkpoint and damage that checkpoint (truncate, flip a byte, or delete one of its files, at random); start it
 again, kill it at a random moment of what follows and damage the newest PPO checkpoint, if there is one; then
 run it to the end with `--resume`. Prints one line per run and "k/N identical": every file in `results/` byte for byte
 the same as the uninterrupted run's.
+
+With `--signal TERM`, the runs go through Ray (the default of `rlhf-syco run`) and are stopped the way Slurm
+preempts them: SIGTERM to the driver alone, at three random moments, each of which must end in one line and exit
+143, before the run is resumed to the end.
 """
 
 from __future__ import annotations
@@ -95,11 +99,39 @@ def one_run(number: int, out: Path, rng: random.Random, reference: dict[str, byt
     return results(run_dir) == reference, ", ".join(events)
 
 
+def one_preempted_run(number: int, out: Path, rng: random.Random, reference: dict[str, bytes]) -> tuple[bool, str]:
+    command = [c for c in COMMAND if c != "--no-ray"] + [f"runs_dir={out}", f"name=run-{number}", "--resume"]
+    events = []
+    for _ in range(3):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True, cwd=ROOT)
+        seconds = rng.uniform(5, 30)
+        try:
+            process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGTERM)
+        stderr = process.communicate()[1]
+        last = (stderr.strip().splitlines() or [""])[-1]
+        if process.returncode == 0:
+            events.append(f"finished before {seconds:.1f} s")
+            break
+        if process.returncode != 143 or "Traceback" in stderr or not last.startswith("error: "):
+            return False, f"{', '.join(events)}; SIGTERM after {seconds:.1f} s: exit {process.returncode}, {last}"
+        events.append(f"after {seconds:.1f} s: {last.removeprefix('error: ').split(';')[0]}")
+        while subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True).returncode == 0:
+            time.sleep(0.2)  # Ray's workers and daemons stop with the driver
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        return False, f"{', '.join(events)}; the resumed run failed: {done.stderr.strip().splitlines()[-1:]}"
+    return results(out / f"run-{number}") == reference, ", ".join(events)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="/tmp/rlhf-syco-chaos")
+    parser.add_argument("--signal", choices=["KILL", "TERM"], default="KILL")
     args = parser.parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -111,7 +143,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     identical = 0
     for number in range(args.runs):
-        same, what = one_run(number, out, rng, reference)
+        same, what = (one_run if args.signal == "KILL" else one_preempted_run)(number, out, rng, reference)
         identical += same
         print(f"run {number + 1:>2}: {'identical' if same else 'DIFFERENT'} ({what})", flush=True)
     print(f"{identical}/{args.runs} identical ({time.time() - started:.0f} s)")

@@ -12,6 +12,11 @@ instance with this machine's cores for the length of the run.
 A stage that raises, or whose worker dies (out of memory, a killed process, a lost node), is run again up
 to `compute.stage_retries` times and resumes from its own checkpoints; each failure is logged in the
 manifest under `failures`. Bad input (`UserError`) is not retried: it would fail the same way.
+
+SIGTERM or SIGINT reaching the driver while a stage's task runs is passed on to that task's worker, which then
+stops as if it had received the signal itself (`rlhf_syco.preemption`): PM training and PPO after writing a
+checkpoint. A Ray Train group (`compute.num_workers > 1`) is not told: its ranks are stopped with the driver, and
+resume from their last periodic checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 
 from rich.markup import escape
 
+from rlhf_syco import preemption
 from rlhf_syco.errors import UserError
 from rlhf_syco.progress import console
 from rlhf_syco.rundir import RunDir, now, read_json
@@ -42,7 +48,8 @@ def run(config, run_dir: RunDir, stages: list[str], use_ray: bool = True) -> dic
     if not pending:
         console.print("[dim]every stage is done already[/dim]")
         return results
-    with _ray(config, pending) if use_ray else contextlib.nullcontext():
+    # Ray's start replaces the driver's SIGTERM handler, so ours is put in after it
+    with _ray(config, pending) if use_ray else contextlib.nullcontext(), preemption.handled_by(_stop_between_stages):
         for name in pending:
             results[name] = _run_with_retries(name, config, run_dir, use_ray)
     run_dir.update_manifest(finished=now())
@@ -106,7 +113,7 @@ def _run_with_retries(name: str, config, run_dir: RunDir, use_ray: bool) -> dict
             # max_calls=1: the worker process exits after its stage, handing its memory back before the next
             task = ray.remote(max_retries=0, max_calls=1)(_stage_in_worker).options(name=f"stage-{name}",
                                                                                     **resources)
-            return ray.get(task.remote(name, config, str(run_dir.path.resolve()), os.getcwd()))
+            return _get_passing_on_signals(task.remote(name, config, str(run_dir.path.resolve()), os.getcwd()))
         except UserError as e:
             raise getattr(e, "cause", e) from None  # Ray wraps it; show the user their error, not Ray's
         except Exception as e:
@@ -119,6 +126,33 @@ def _run_with_retries(name: str, config, run_dir: RunDir, use_ray: bool) -> dict
                 raise
             console.print(f"[yellow]{name}: attempt {attempt} of {attempts} failed ({escape(error)}); "
                           f"running it again from its checkpoints[/yellow]")
+
+
+def _stop_between_stages(signum, frame) -> None:
+    raise preemption.at_once(signum)
+
+
+def _get_passing_on_signals(task):
+    """`ray.get(task)`, passing SIGTERM and SIGINT that reach the driver on to the task. Ray's cancel interrupts
+    the worker's main thread as a SIGINT does, and waits for the stage to stop; a second signal kills the worker."""
+    import ray
+
+    received = []
+
+    def pass_on(signum, frame):
+        received.append(signum)
+        ray.cancel(task, force=len(received) > 1)
+
+    with preemption.handled_by(pass_on):
+        try:
+            return ray.get(task)
+        except Exception as e:
+            if not received:
+                raise
+            cause = getattr(e, "cause", e)  # the stage's Preempted, or Ray's error for a cancelled or killed worker
+            if isinstance(cause, preemption.Preempted):
+                raise cause.caused_by(received[0]) from None
+            raise preemption.at_once(received[0]) from None
 
 
 def enter_worker(config, cwd: str) -> None:

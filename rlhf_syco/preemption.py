@@ -5,6 +5,7 @@ done since the last periodic one.
 `deferred()` once it is ready to stop cleanly and asks `requested()` after each step: when a signal has
 arrived, it writes a checkpoint and raises `Preempted`. A stage that does not defer (its caches are written per
 shard or per type, atomically) is stopped at once by the first signal. A second signal stops any stage at once.
+A Ray driver passes the signal on to the stage's worker (`rlhf_syco.pipeline`), which then stops the same way.
 """
 
 from __future__ import annotations
@@ -30,27 +31,46 @@ class Preempted(UserError):
     def __reduce__(self):  # crosses a process boundary (a Ray stage worker) with its signal
         return type(self), (str(self), self.signum)
 
+    def caused_by(self, signum: int) -> Preempted:
+        """The same stop, told as caused by `signum`: a Ray worker sees the signal its driver received as SIGINT."""
+        old, new = (signal.Signals(s).name for s in (self.signum, signum))
+        return Preempted(str(self).replace(f"by {old}", f"by {new}"), signum)
+
+
+def at_once(signum: int) -> Preempted:
+    return Preempted(f"stopped by {signal.Signals(signum).name}; run again (with --resume) to continue from what "
+                     f"was finished", signum)
+
 
 def _stop(signum, frame) -> None:
     if _state["defer"] and _state["signal"] is None:
         _state["signal"] = signum  # the stage checkpoints after its current step, then raises
         return
-    raise Preempted(f"stopped by {signal.Signals(signum).name}; run again (with --resume) to continue from what "
-                    f"was finished", signum)
+    raise at_once(signum)
+
+
+@contextlib.contextmanager
+def handled_by(handler):
+    """Handle SIGTERM and SIGINT with `handler(signum, frame)` while the block runs (in the main thread only:
+    signals are delivered there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 @contextlib.contextmanager
 def graceful():
-    """Handle SIGTERM and SIGINT while a stage runs (in the main thread only: signals are delivered there)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, _stop) for s in SIGNALS}
+    """Stop the stage running in this process on SIGTERM or SIGINT, at its next step if it deferred."""
     try:
-        yield
+        with handled_by(_stop):
+            yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         _state.update(defer=False, signal=None)
 
 

@@ -15,11 +15,17 @@ from scipy.optimize import minimize
 
 from rlhf_syco.analysis.config import DEFAULT_FEATURES
 from rlhf_syco.analysis.features import FEATURES, LLMLabeller
-from rlhf_syco.analysis.regression import accuracy, fit
+from rlhf_syco.analysis.regression import accuracy, fit, sampler
 from rlhf_syco.analysis.stage import _orient
 from rlhf_syco.data.preferences import belief_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_pymc_process():
+    with sampler():
+        yield
 
 
 def pair(a, b, user="What is the capital of France?", **meta):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -204,10 +205,55 @@ def _kill_session(session: int) -> None:
 def _wait_until_gone(session: int) -> None:
     deadline = time.time() + 60
     while _session_pids(session):
-        assert time.time() < deadline, f"processes of the killed run (session {session}) are still running"
+        ps = subprocess.run(["ps", "-o", "pid,stat,etime,args", "-s", str(session)], capture_output=True, text=True)
+        assert time.time() < deadline, f"processes of the stopped run are still running:\n{ps.stdout}"
         time.sleep(0.2)
 
 
 def _session_pids(session: int) -> list[int]:
     ps = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
     return [int(pid) for pid, sid in (line.split() for line in ps.splitlines()) if int(sid) == session]
+
+
+def test_sigterm_at_random_moments_of_every_checkpointing_stage_then_resume(reference, tmp_path):
+    """SIGTERM to the `rlhf-syco run` driver alone (as `scancel --signal=TERM` or Ctrl-C reach it), which passes it
+    on to the stage's Ray worker: at a random moment of PM training, the probe, the analysis, evaluation and
+    best-of-N, and in PPO just after its first checkpoint. Each stop is one line and exit 143; `--resume` then finishes the run to
+    the numbers of an uninterrupted one."""
+    command = [sys.executable, "-m", "rlhf_syco.cli", "run", str(TINY), *FAST, "name=signalled",
+               f"stages=[{','.join(STAGES)}]", f"runs_dir={tmp_path}", "--resume"]
+    run_dir = tmp_path / "signalled"
+    seed = int(time.time())
+    rng = random.Random(seed)
+
+    def running(stage):
+        try:
+            state = json.loads((run_dir / "manifest.json").read_text())["stages"].get(stage, {})
+        except (OSError, ValueError, KeyError):
+            return False
+        return "started" in state and "finished" not in state
+
+    ppo_checkpoint = run_dir / "ppo" / "checkpoints" / "step-000002" / "SEALED.json"
+    stages = ("pm", "probe", "analyze", "eval", "bon")
+    moments = [*((lambda stage=stage: running(stage), rng.uniform(0, 1.5)) for stage in stages),
+               (ppo_checkpoint.exists, 0)]
+    stops = []
+    for ready, delay in moments:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        deadline = time.time() + 180
+        while not ready() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(delay)
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=120)[1]
+        _wait_until_gone(process.pid)  # Ray's workers and daemons stop with the driver
+        assert process.returncode == 143, f"seed {seed}: {stderr[-3000:]}"
+        last = stderr.strip().splitlines()[-1]
+        assert "Traceback" not in stderr and last.startswith("error: ") and "stopped by SIGTERM" in last, last
+        stops.append(last)
+    assert re.search(r"ppo: stopped by SIGTERM after step \d, with a checkpoint \(step-00000\d\)", stops[-1]), stops
+
+    finished = subprocess.run(command, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert results(run_dir) == reference, f"random signal moments: seed {seed}; stops: {stops}"

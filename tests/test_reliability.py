@@ -220,3 +220,16 @@ def test_a_full_disk_is_one_line_naming_the_path_and_a_rerun_resumes(tmp_path, s
     assert reference.returncode == 0
     for name in ("pm_train.jsonl", "pm_heldout.jsonl"):
         assert (small_disk / "tiny" / "data" / name).read_bytes() == (tmp_path / "ref" / "tiny" / "data" / name).read_bytes()
+
+
+def test_a_stop_passed_on_by_the_driver_is_told_with_the_drivers_signal():
+    """A Ray worker sees the signal its driver passed on as SIGINT; the user is told the signal they sent."""
+    import pickle
+    import signal
+
+    from rlhf_syco.preemption import Preempted
+
+    in_worker = Preempted("ppo: stopped by SIGINT after step 3, with a checkpoint (step-000003)", signal.SIGINT)
+    told = pickle.loads(pickle.dumps(in_worker)).caused_by(signal.SIGTERM)  # as it comes back from the worker
+    assert str(told) == "ppo: stopped by SIGTERM after step 3, with a checkpoint (step-000003)"
+    assert told.exit_code == 143 and in_worker.exit_code == 130

@@ -12,6 +12,7 @@ about as long in both (docs/analysis.md).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,24 +42,37 @@ class Posterior:
         return (1 / (1 + np.exp(-(np.asarray(x, float) @ self.draws.T)))).mean(axis=1)
 
 
-_SAMPLER = None  # the child process PyMC runs in, started on the first fit
+_SAMPLER = None  # the child process PyMC runs in, while a `sampler()` block is open
+
+
+@contextlib.contextmanager
+def sampler():
+    """A child process for PyMC that every `fit` inside the block uses (it starts once: importing PyMC takes
+    seconds). It is stopped when the block ends, however it ends: a child left running keeps the process from
+    exiting."""
+    global _SAMPLER
+    if _SAMPLER is not None:
+        yield
+        return
+    import multiprocessing
+
+    _SAMPLER = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        yield
+    finally:
+        _SAMPLER.terminate()
+        _SAMPLER = None
 
 
 def fit(x: np.ndarray, y: np.ndarray, features: list[str], *, prior_scale: float = 1.0, draws: int = 1000,
         tune: int = 1000, chains: int = 2, seed: int = 0) -> Posterior:
     """Posterior draws of the coefficients; `x` (pairs, features) of differences, `y` 1 where A was chosen.
 
-    PyMC runs in a child process of its own: pytensor loads numba's llvmlite, whose objects break the kernel
-    registration of a vLLM engine started later in the same process."""
-    global _SAMPLER
-    if _SAMPLER is None:
-        import atexit
-        import multiprocessing
-
-        _SAMPLER = multiprocessing.get_context("spawn").Pool(1)
-        atexit.register(_SAMPLER.terminate)
-    return _SAMPLER.apply(_fit, (np.asarray(x, float), np.asarray(y, int), list(features)),
-                          dict(prior_scale=prior_scale, draws=draws, tune=tune, chains=chains, seed=seed))
+    PyMC runs in a child process of its own (`sampler()`): pytensor loads numba's llvmlite, whose objects break
+    the kernel registration of a vLLM engine started later in the same process."""
+    with sampler():
+        return _SAMPLER.apply(_fit, (np.asarray(x, float), np.asarray(y, int), list(features)),
+                              dict(prior_scale=prior_scale, draws=draws, tune=tune, chains=chains, seed=seed))
 
 
 def _fit(x, y, features, *, prior_scale, draws, tune, chains, seed) -> Posterior:

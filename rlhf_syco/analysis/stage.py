@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from rlhf_syco.analysis.features import FEATURES, LLMLabeller, make_chooser
-from rlhf_syco.analysis.regression import accuracy, fit
+from rlhf_syco.analysis.regression import accuracy, fit, sampler
 from rlhf_syco.errors import UserError
 from rlhf_syco.evaluation.metrics import wilson_interval
 from rlhf_syco.plots import preference_features_figure
@@ -38,6 +38,11 @@ KNOWN_TRUTH = "belief"  # the source whose labeler rule is known exactly
 
 
 def run(config, run_dir: RunDir) -> dict:
+    with sampler():  # one PyMC process for every subset's fit
+        return _analyse(config, run_dir)
+
+
+def _analyse(config, run_dir: RunDir) -> dict:
     settings = config.analysis
     train, heldout = _pairs(config, run_dir)
     names = list(settings.features) + list(settings.llm_features)
