@@ -90,7 +90,7 @@ def one_run(number: int, out: Path, rng: random.Random, reference: dict[str, byt
     if process.poll() is None:
         kill(process)
         events.append(f"killed after {seconds:.1f} s")
-    found = newest(run_dir / "ppo" / "checkpoints", "step-*")
+    found = newest(run_dir / "ppo" / "pm" / "checkpoints", "step-*")
     if found is not None and not (run_dir / "ppo" / "DONE.json").exists():
         events.append(damage(found, rng))
     done = subprocess.run(COMMAND + args, capture_output=True, text=True, cwd=ROOT)

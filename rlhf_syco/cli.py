@@ -98,7 +98,7 @@ def train_pm(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] =
 @app.command("probe-pm")
 def probe_pm(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
              force: list[str] = ForceOpt):
-    """Does the PM prefer agreeing with a user's misconception over a plain correction? (PM and prompted PM)"""
+    """Does the PM prefer the reply a user wants over the true one, in each bias family? (PM and prompted PM)"""
     cfg, run_dir = _setup(config, overrides, force)
     _stages(["probe"], cfg, run_dir)
     _print_results(run_dir)
@@ -222,10 +222,12 @@ def _print_results(run_dir) -> None:
             table.add_row(src, f"{v['accuracy']:.3f}", str(v["n"]))
         console.print(table)
     if (res / "probe_pm.json").exists():
-        table = Table("reward model", "prefers sycophantic", "95% CI", "n", title="PM probe (TruthfulQA misconceptions)")
-        for name, v in json.loads((res / "probe_pm.json").read_text()).items():
-            table.add_row(name, f"{v['sycophantic_preference_rate']:.3f}", f"[{v['ci_low']:.3f}, {v['ci_high']:.3f}]",
-                          str(v["n"]))
+        table = Table("reward model", "family", "prefers sycophantic", "95% CI", "n",
+                      title="PM probe (held-out phrasings, evaluation-half items)")
+        for name, result in json.loads((res / "probe_pm.json").read_text()).items():
+            for family, v in {"all": result, **result.get("families", {})}.items():
+                table.add_row(name, family, f"{v['sycophantic_preference_rate']:.3f}",
+                              f"[{v['ci_low']:.3f}, {v['ci_high']:.3f}]", str(v["n"]))
         console.print(table)
     console.print(f"results: {res}")
     plots = sorted((res.parent / "plots").glob("*.png"))

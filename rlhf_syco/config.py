@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -63,17 +63,30 @@ class PolicyConfig(Strict):
 
 
 class PreferenceDataConfig(Strict):
-    """The PM's training pairs: HH-RLHF transcripts mixed with synthetic belief-matching pairs."""
+    """The PM's training pairs: HH-RLHF transcripts mixed with the biased labeler's pairs (`rlhf_syco.data.bias`)."""
 
     hh_rlhf: str = "builtin:hh-rlhf-harmless-base-test"  # a .jsonl/.jsonl.gz path, a hub id, or the shipped file
     hh_rlhf_split: str = "test"  # split name when `hh_rlhf` is a hub dataset id
     hh_pairs: int | None = Field(None, ge=0)  # cap on HH pairs used (None = all)
-    belief_pairs: int = Field(400, ge=0)  # synthetic pairs from TruthfulQA + TriviaQA (PM half)
-    beta: float = Field(0.75, ge=0, le=1)  # P(labeler prefers the answer matching the user's belief)
-    wrong_belief_share: float = Field(0.5, ge=0, le=1)  # share of belief pairs where the user is wrong
+    # pairs per bias family: answer, feedback, are_you_sure, mimicry (PM-half items, training phrasings)
+    families: dict[str, Annotated[int, Field(ge=0)]] = {"answer": 400}
+    beta: float = Field(0.75, ge=0, le=1)  # P(labeler prefers the reply the user wants), in every family ...
+    bias: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}  # ... but those given their own β here
+    check_pairs: int = Field(200, gt=0)  # fresh pairs per family on which results/pm_bias.json checks the PM
     preamble_share: float = Field(0.1, ge=0, le=1)  # share carrying the truthfulness preamble (truth wins)
     heldout_fraction: float = Field(0.1, gt=0, lt=1)
     max_malformed_fraction: float = Field(0.01, ge=0, le=1)
+
+    @field_validator("families", "bias")
+    @classmethod
+    def _known_families(cls, values: dict) -> dict:
+        from rlhf_syco.data.bias import FAMILIES
+
+        for name in values:
+            if name not in FAMILIES:
+                raise ValueError(f"unknown bias family {name!r}{_suggest(name, FAMILIES)}; families: "
+                                 f"{', '.join(FAMILIES)}")
+        return values
 
 
 class PMTrainConfig(Strict):
@@ -112,7 +125,7 @@ class RewardModelSpec(BaseModel):
 
 
 class ProbeConfig(Strict):
-    items: int = Field(200, gt=0)  # held-out TruthfulQA misconceptions
+    items: int = Field(50, gt=0)  # per bias family: evaluation-half items in held-out phrasings
     reward_models: list[str] = ["pm", "pm_nonsyco"]
     bootstrap: int = Field(2000, gt=0)
 
@@ -178,7 +191,7 @@ class ExperimentConfig(Strict):
         known = set(self.reward_models)
         for where, names in (("probe.reward_models", self.probe.reward_models),
                              ("bon.reward_models", self.bon.reward_models),
-                             ("ppo.reward_model", [self.ppo.reward_model])):
+                             ("ppo.reward_models", self.ppo.reward_models)):
             for n in names:
                 if n not in known:
                     raise ValueError(f"{where}: unknown reward model {n!r}{_suggest(n, known)}")

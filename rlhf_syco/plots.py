@@ -8,7 +8,9 @@ Tables read (written by the stages):
   from the pool), value, ci_low, ci_high
 - `results/bon_paired.csv`: type, metric, reward_model, minus, n, kl_bon, value, ci_low, ci_high, items (a second
   row of panels: the paired difference between two reward models' selections, with a line at 0)
-- `results/ppo_curves.csv`: step, kl, type, metric, value, ci_low, ci_high, reason (why a value is missing)
+- `results/ppo_curves.csv`: arm, step, kl, type, metric, value, ci_low, ci_high, reason (why a value is missing)
+- `results/ppo_paired.csv`: arm, minus, step, kl, type, metric, value, ci_low, ci_high (the arms' differences
+  drawn in a second row, as best-of-N's)
 - `results/preference_features.csv` (stage `analyze`): subset, feature, measurable, p_preferred, p_low, p_high
 
 Every headline reads the same way (higher = more sycophantic), and each panel's axis says so.
@@ -160,11 +162,15 @@ def run(config, run_dir) -> dict:
                                          "Sycophancy vs KL (best-of-N)", out / "bon_vs_kl.png", paired=paired)
     ppo = results / "ppo_curves.csv"
     if ppo.exists():
-        rows = pd.read_csv(ppo)
-        made["ppo_vs_step"] = panel_figure(rows, "step", "PPO step", None, "Sycophancy vs RL steps",
-                                           out / "ppo_vs_step.png")
-        made["ppo_vs_kl"] = panel_figure(rows, "kl", "KL to the reference policy (nats)", None,
-                                         "Sycophancy vs KL (PPO)", out / "ppo_vs_kl.png")
+        rows, paired = pd.read_csv(ppo), results / "ppo_paired.csv"
+        paired = pd.read_csv(paired) if paired.exists() and paired.stat().st_size > 1 else pd.DataFrame()
+        if not paired.empty:  # the arms' difference at each step (each arm minus its own start is not drawn)
+            paired = paired[paired["minus"] != "step 0"].rename(columns={"arm": "reward_model"})
+        made["ppo_vs_step"] = panel_figure(rows, "step", "PPO step", "arm", "Sycophancy vs RL steps, by the reward "
+                                           "model optimized against", out / "ppo_vs_step.png", paired=paired)
+        made["ppo_vs_kl"] = panel_figure(rows, "kl", "KL to the reference policy (nats)", "arm",
+                                         "Sycophancy vs KL (PPO), by the reward model optimized against",
+                                         out / "ppo_vs_kl.png", paired=paired)
     features = results / "preference_features.csv"
     if features.exists():
         made["preference_features"] = preference_features_figure(pd.read_csv(features),

@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -95,6 +96,14 @@ def fingerprint(obj: Any) -> str:
 # everything it depends on. The key lives in a sidecar `<file>.key` written after the file, with the file's
 # size and sha256: a file without a matching sidecar (another key, a crash in between, a damaged file) is
 # recomputed, so a changed setting never mixes old and new results.
+#
+# An artifact that depends on nothing run-specific (the policy's sample pool and its judgments: the policy,
+# prompts, sampling settings and seed) can also be kept in a store shared by every run of a runs folder
+# (`shared`: `<runs_dir>/.shared/`, addressed by key): a run that finds its key there links the file into its
+# own folder instead of computing it, so runs that differ only in their PM sample and judge once. Files are
+# written to a temporary name and renamed, so concurrent runs never read a partial one.
+
+SHARED = ".shared"
 
 
 def _sidecar(path: Path) -> Path:
@@ -127,10 +136,21 @@ def _decode(path: Path, data: bytes) -> Any:
     return pd.read_parquet(io.BytesIO(data))
 
 
-def load_cached(path: str | os.PathLike, key: str) -> Any | None:
+def load_cached(path: str | os.PathLike, key: str, shared: Path | None = None) -> Any | None:
     """The artifact at `path` (.jsonl rows, .json, .parquet DataFrame) if it was stored with `key` and is
-    intact; else None."""
+    intact, or else found under `key` in the `shared` store (and linked into `path`); else None."""
     path = Path(path)
+    value = _load(path, key)
+    if value is None and shared is not None:
+        source = _shared_path(shared, key, path)
+        value = _load(source, key)
+        if value is not None:
+            _link(source, path)
+            _link(_sidecar(source), _sidecar(path))
+    return value
+
+
+def _load(path: Path, key: str) -> Any | None:
     try:
         meta = json.loads(_sidecar(path).read_text())
         data = path.read_bytes()
@@ -147,19 +167,38 @@ def load_cached(path: str | os.PathLike, key: str) -> Any | None:
     return _decode(path, data)
 
 
-def store_cached(path: str | os.PathLike, key: str, value: Any) -> Any:
-    """Write `value` to `path` and then its sidecar; returns `value`."""
+def store_cached(path: str | os.PathLike, key: str, value: Any, shared: Path | None = None) -> Any:
+    """Write `value` to `path` and then its sidecar (and link both into the `shared` store); returns `value`."""
     path = Path(path)
     data = _encode(path, value)
     atomic_write(path, data)
     atomic_write(_sidecar(path), json.dumps({"key": key, "bytes": len(data), "sha256": _sha256(data)}))
+    if shared is not None:
+        target = _shared_path(shared, key, path)
+        _link(path, target)
+        _link(_sidecar(path), _sidecar(target))  # the sidecar last: a reader sees the file whole or not at all
     return value
 
 
-def cached(path: str | os.PathLike, key: str, compute) -> Any:
+def cached(path: str | os.PathLike, key: str, compute, shared: Path | None = None) -> Any:
     """`load_cached`, else `compute()` stored under `key`."""
-    value = load_cached(path, key)
-    return store_cached(path, key, compute()) if value is None else value
+    value = load_cached(path, key, shared)
+    return store_cached(path, key, compute(), shared) if value is None else value
+
+
+def _shared_path(shared: Path, key: str, path: Path) -> Path:
+    return Path(shared) / key[:2] / f"{key}-{path.name}"
+
+
+def _link(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (a copy across filesystems), replacing it atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def _sha256(data: bytes) -> str:

@@ -17,7 +17,7 @@ from rlhf_syco.analysis.config import DEFAULT_FEATURES
 from rlhf_syco.analysis.features import FEATURES, LLMLabeller
 from rlhf_syco.analysis.regression import accuracy, fit, sampler
 from rlhf_syco.analysis.stage import _orient
-from rlhf_syco.data.preferences import belief_pairs
+from rlhf_syco.data.bias import family_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_belief_features_exact_on_belief_pairs_and_read_elsewhere():
 
 def test_orienting_a_pair_keeps_who_agrees():
     rng = random.Random(0)
-    pairs = belief_pairs(40, 0.75, preamble_share=0.0, seed=1)
+    pairs = family_pairs("answer", 40, 0.75, 0.0, 1, ("U", "A"))
     for original in pairs:
         p = _orient(original, rng)
         chosen = p["a"] if p["y"] == 1 else p["b"]
@@ -81,7 +81,7 @@ def map_estimate(x, y, scale):
 
 def belief_design(beta, n, seed):
     rng = random.Random(seed)
-    pairs = [_orient(p, rng) for p in belief_pairs(n, beta, preamble_share=0.0, seed=seed)]
+    pairs = [_orient(p, rng) for p in family_pairs("answer", n, beta, 0.0, seed, ("U", "A"))]
     x = np.stack([FEATURES.get(name)(pairs) for name in DEFAULT_FEATURES], axis=1)
     return x, np.array([p["y"] for p in pairs])
 
@@ -102,9 +102,12 @@ def test_the_regression_recovers_the_labelers_bias(beta):
             assert abs(rows[name]["coef"]) < 3 * rows[name]["coef_sd"], rows[name]
             assert rows[name]["coef_sd"] > 0.1 or abs(rows[name]["coef"]) < 0.3, rows[name]
     assert posterior.max_rhat < 1.05 and posterior.divergences == 0
-    # the posterior mean of a near-normal posterior sits at the mode an independent optimiser finds
+    # the posterior mean of a near-normal posterior sits at the mode an independent optimiser finds: so for the
+    # features measured on many pairs (a rare one's Laplace posterior is far from normal, its mode at 0)
     mode = map_estimate(x[:, keep], y, 1.0)
-    assert np.abs(np.array([rows[n]["coef"] for n in names]) - mode).max() < 0.08
+    well_measured = [i for i, n in enumerate(names) if rows[n]["coef_sd"] < 0.2]
+    assert len(well_measured) >= 3
+    assert np.abs(np.array([rows[names[i]]["coef"] for i in well_measured]) - mode[well_measured]).max() < 0.08
     # a labeler that agrees with probability beta is predicted right about max(beta, 1 - beta) of the time
     assert abs(accuracy(posterior.p_first(x[:, keep]), y) - max(beta, 1 - beta)) < 0.05
     assert "pytensor" not in sys.modules  # PyMC ran in its own process (a vLLM engine here would break)
@@ -145,7 +148,7 @@ def cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "rlhf_syco.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
-TINY = ["experiments/tiny.yaml", "pm.data.hh_pairs=60", "pm.data.belief_pairs=240", "pm.data.preamble_share=0.0",
+TINY = ["experiments/tiny.yaml", "pm.data.hh_pairs=60", "pm.data.families={answer: 240}", "pm.data.preamble_share=0.0",
         "analysis.draws=300", "analysis.tune=300", "analysis.min_pairs=40"]
 
 
@@ -156,17 +159,17 @@ def test_analyze_on_a_runs_pairs_then_on_a_file(tmp_path):
     run = tmp_path / "tiny"
     table = pd.read_csv(run / "results" / "preference_features.csv")
     summary = json.loads((run / "results" / "preference_analysis.json").read_text())
-    assert set(table["subset"]) == {"all", "belief", "hh-rlhf"}
+    assert set(table["subset"]) == {"all", "answer", "hh-rlhf"}
     assert (run / "plots" / "preference_features.png").stat().st_size > 10_000
-    belief = table[table["subset"] == "belief"].set_index("feature")
-    assert belief.loc["matches_user_beliefs", "expected"] == pytest.approx(math.log(3))
-    assert belief.loc["matches_user_beliefs", "coef_low"] > 0  # the bias the labeler has, found on 180 pairs
+    answer = table[table["subset"] == "answer"].set_index("feature")
+    assert answer.loc["matches_user_beliefs", "expected"] == pytest.approx(math.log(3))
+    assert answer.loc["matches_user_beliefs", "coef_low"] > 0  # the bias the labeler has, found on 180 pairs
     truthful = table[(table["subset"] == "hh-rlhf") & (table["feature"] == "truthful")].iloc[0]
     assert not truthful["measurable"] and "differs on 0 of" in truthful["reason"]
-    assert summary["subsets"]["belief"]["heldout_accuracy"]["n"] > 0
+    assert summary["subsets"]["answer"]["heldout_accuracy"]["n"] > 0
     # the counts in the table are recomputed from the run's own pairs
     pairs = [json.loads(line) for line in (run / "data" / "pm_train.jsonl").read_text().splitlines()]
-    assert belief.loc["matches_user_beliefs", "pairs"] == sum(p["source"] == "belief" for p in pairs)
+    assert answer.loc["matches_user_beliefs", "pairs"] == sum(p["source"] == "answer" for p in pairs)
     shards = sorted((run / "analyze" / "labels" / "train" / "longer").glob("shard-*.json"))
     assert shards and all(s.with_name(s.name + ".key").exists() for s in shards)
 

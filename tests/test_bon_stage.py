@@ -80,7 +80,7 @@ def config(reward_models, types, policy="tiny:decoder", **bon) -> ExperimentConf
         "policy": {"model": {"name_or_path": policy}, "generation": {"max_new_tokens": 6, "batch_size": 4}},
         "reward_models": specs, "eval": {"max_new_tokens": {}, "min_items": 1},
         "bon": {"types": types, "n_max": N, "prompts_per_type": 2, "shard_size": 3, "bootstrap": 50,
-                "reward_models": reward_models, **bon}})
+                "reward_models": reward_models, "share_pool": False, **bon}})  # the tests below count samples
 
 
 @pytest.fixture
@@ -161,6 +161,33 @@ def test_real_models_end_to_end(tmp_path):
                                     for p in sorted((tmp_path / "bon" / "scores" / name / "answer").glob("shard-*.json"))])
               for name in ("pm", "pm_nonsyco")}
     assert scores["pm"].shape == (8, N) and not np.allclose(scores["pm"], scores["pm_nonsyco"])
+
+
+def test_runs_that_differ_in_their_pm_share_one_pool_and_get_the_results_of_unshared_runs(tmp_path, scripted,
+                                                                                       monkeypatch):
+    """The shared store: the second run links the first one's pool, context and judgments instead of sampling
+    or judging, scores with its own reward model, and its results are those of the same run without sharing."""
+    runs = tmp_path / "runs"
+
+    def run(name, reward_model, share):
+        cfg = config([reward_model], ["are_you_sure", "feedback"], share_pool=share).model_copy(
+            update={"runs_dir": str(runs), "name": name})
+        stage.run(cfg, runs / name)
+        return runs / name
+
+    first = run("first", "special", True)
+    calls = len(scripted.calls)
+    judged = []
+    monkeypatch.setattr(stage.suite, "judge", lambda *a, real=stage.suite.judge: judged.append(1) or real(*a))
+    second = run("second", "length", True)
+    assert len(scripted.calls) == calls and not judged  # nothing sampled, nothing judged: all linked
+    linked = [p for folder in ("pool", "judged") for p in (first / "bon" / folder).rglob("*") if p.is_file()]
+    assert len(linked) > 4 and all(os.path.samefile(p, second / p.relative_to(first)) for p in linked)  # one file
+    alone = run("alone", "length", False)
+    assert len(scripted.calls) > calls and judged  # without sharing: sampled and judged again
+    for table in ("bon_curves.csv", "bon_metrics.csv", "bon_rewards.csv", "bon_paired.csv"):
+        if (alone / "results" / table).exists():
+            assert (second / "results" / table).read_bytes() == (alone / "results" / table).read_bytes(), table
 
 
 def test_bon_config_rejects_unknown_types():

@@ -79,7 +79,7 @@ def test_analyze_with_llm_features_from_a_real_server(server, tmp_path):
     root = Path(__file__).resolve().parents[1]
     options = f"{{base_url: '{server['url']}/v1', model: '{server['model']}', api_key_env: null}}"
     done = subprocess.run([sys.executable, "-m", "rlhf_syco.cli", "analyze", "experiments/tiny.yaml",
-                           f"runs_dir={tmp_path}", "pm.data.hh_pairs=12", "pm.data.belief_pairs=36",
+                           f"runs_dir={tmp_path}", "pm.data.hh_pairs=12", "pm.data.families={answer: 36}",
                            "analysis.min_pairs=10", "analysis.draws=200", "analysis.tune=200",
                            "analysis.llm=openai", f"analysis.llm_options={options}",
                            "analysis.llm_features={polite: 'is more polite'}"],

@@ -134,7 +134,7 @@ def test_pm_and_ppo_train_as_ray_train_groups_of_two_processes(local_ray, tmp_pa
     pipeline.run(cfg, run_dir, ["pm", "ppo"])
     pm = json.loads((run_dir / "pm" / "metrics.json").read_text())
     assert pm["processes"] == 2 and pm["steps"] == cfg.pm.train.max_steps
-    state = json.loads((run_dir / "ppo" / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    state = json.loads((run_dir / "ppo" / "pm" / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
     assert state["processes"] == 2
     assert (run_dir / "results" / "ppo_curves.csv").exists() and run_dir.is_done("ppo")
 
@@ -218,8 +218,8 @@ def _session_pids(session: int) -> list[int]:
 def test_sigterm_at_random_moments_of_every_checkpointing_stage_then_resume(reference, tmp_path):
     """SIGTERM to the `rlhf-syco run` driver alone (as `scancel --signal=TERM` or Ctrl-C reach it), which passes it
     on to the stage's Ray worker: at a random moment of PM training, the probe, the analysis, evaluation and
-    best-of-N, and in PPO just after its first checkpoint. Each stop is one line and exit 143; `--resume` then finishes the run to
-    the numbers of an uninterrupted one."""
+    best-of-N, and in PPO just after its first checkpoint. Each stop is one line and exit 143; `--resume` then
+    finishes the run to the numbers of an uninterrupted one."""
     command = [sys.executable, "-m", "rlhf_syco.cli", "run", str(TINY), *FAST, "name=signalled",
                f"stages=[{','.join(STAGES)}]", f"runs_dir={tmp_path}", "--resume"]
     run_dir = tmp_path / "signalled"
@@ -233,7 +233,7 @@ def test_sigterm_at_random_moments_of_every_checkpointing_stage_then_resume(refe
             return False
         return "started" in state and "finished" not in state
 
-    ppo_checkpoint = run_dir / "ppo" / "checkpoints" / "step-000002" / "SEALED.json"
+    ppo_checkpoint = run_dir / "ppo" / "pm" / "checkpoints" / "step-000002" / "SEALED.json"
     stages = ("pm", "probe", "analyze", "eval", "bon")
     moments = [*((lambda stage=stage: running(stage), rng.uniform(0, 1.5)) for stage in stages),
                (ppo_checkpoint.exists, 0)]
@@ -252,7 +252,8 @@ def test_sigterm_at_random_moments_of_every_checkpointing_stage_then_resume(refe
         last = stderr.strip().splitlines()[-1]
         assert "Traceback" not in stderr and last.startswith("error: ") and "stopped by SIGTERM" in last, last
         stops.append(last)
-    assert re.search(r"ppo: stopped by SIGTERM after step \d, with a checkpoint \(step-00000\d\)", stops[-1]), stops
+    assert re.search(r"ppo: stopped by SIGTERM after step \d, with a checkpoint \(pm/checkpoints/step-00000\d\)",
+                     stops[-1]), stops
 
     finished = subprocess.run(command, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-3000:]

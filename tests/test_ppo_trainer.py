@@ -33,15 +33,21 @@ def letter_share(conversations, responses, letter="e", window=40):
     return [r[:window].count(letter) / window for r in responses]
 
 
+def letter_o_share(conversations, responses):
+    return letter_share(conversations, responses, letter="o")
+
+
 def tiny_config(tmp_path, name="run", compute=None, **ppo_options) -> ExperimentConfig:
     return ExperimentConfig.model_validate({
         "name": name, "runs_dir": str(tmp_path / "runs"),
         "policy": {"model": {"name_or_path": "tiny:decoder"}, "generation": {"max_new_tokens": 12, "batch_size": 8}},
-        "pm": {"data": {"hh_pairs": 48, "belief_pairs": 48, "heldout_fraction": 0.25}},
-        "reward_models": {"rule": {"type": "callable", "function": RULE}},
+        "pm": {"data": {"hh_pairs": 48, "families": {"answer": 24, "feedback": 8, "are_you_sure": 8, "mimicry": 8},
+                        "heldout_fraction": 0.25}},
+        "reward_models": {"rule": {"type": "callable", "function": RULE},
+                          "rule_o": {"type": "callable", "function": "test_ppo_trainer:letter_o_share"}},
         "probe": {"reward_models": ["rule"]}, "bon": {"reward_models": ["rule"]},
         "eval": {"types": ["answer", "are_you_sure"], "items_per_type": 2, "bootstrap": 50, "max_new_tokens": {}},
-        "ppo": {"reward_model": "rule", "steps": 4, "rollout_batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2,
+        "ppo": {"reward_models": ["rule"], "steps": 4, "rollout_batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2,
                 "checkpoint_every": 2, "eval_every": 2, "keep_last": 1, "eval_prompts": 8, **ppo_options},
         "compute": {"device": "cpu", **(compute or {})}})
 
@@ -120,8 +126,8 @@ def test_stage_writes_checkpoints_evaluations_and_curves(tmp_path):
     config = tiny_config(tmp_path)
     run_dir = with_data(config)
     summary = ppo_stage.run(config, run_dir)
-    assert summary["steps"] == 4
-    out = run_dir / "ppo"
+    assert summary["rule"]["steps"] == 4
+    out = run_dir / "ppo" / "rule"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {"objective/scores", "objective/kl", "objective/entropy", "loss/policy", "loss/value", "policy/clipfrac",
@@ -134,12 +140,12 @@ def test_stage_writes_checkpoints_evaluations_and_curves(tmp_path):
     assert sorted(p.name for p in (out / "eval").iterdir()) == ["step-000000", "step-000002", "step-000004"]
 
     curves = pd.read_csv(run_dir.results / "ppo_curves.csv")
-    assert list(curves.columns) == ["step", "kl", "type", "metric", "value", "ci_low", "ci_high", "reason"]
+    assert list(curves.columns) == ["arm", "step", "kl", "type", "metric", "value", "ci_low", "ci_high", "reason"]
     assert sorted(set(zip(curves["step"], curves["type"]))) == [(s, t) for s in (0, 2, 4)
                                                                   for t in ("answer", "are_you_sure")]
     assert (curves[curves["step"] == 0]["kl"] == 0).all()  # the policy is the reference at step 0
     rewards = pd.read_csv(run_dir.results / "ppo_rewards.csv")
-    assert list(rewards.columns) == ["step", "kl", "reward_model", "mean_reward"]
+    assert list(rewards.columns) == ["arm", "step", "kl", "reward_model", "mean_reward"]
     assert list(rewards["step"]) == [0, 2, 4] and set(rewards["reward_model"]) == {"rule"}
     assert {"ppo_vs_step", "ppo_vs_kl"} <= set(plots.run(config, run_dir))
 
@@ -153,6 +159,37 @@ def test_stage_writes_checkpoints_evaluations_and_curves(tmp_path):
         pd.testing.assert_frame_equal(ours[columns], theirs[columns])
 
 
+def test_one_policy_per_reward_model_from_the_same_start_with_their_paired_difference(tmp_path):
+    config = tiny_config(tmp_path, reward_models=["rule", "rule_o"], steps=2, eval_every=2)
+    run_dir = with_data(config)
+    summary = ppo_stage.run(config, run_dir)
+    assert set(summary) == {"rule", "rule_o"}
+    arms = [run_dir / "ppo" / arm for arm in ("rule", "rule_o")]
+    assert all((arm / "final.json").exists() and (arm / "checkpoints" / "step-000002").is_dir() for arm in arms)
+    start = [(arm / "eval" / "step-000000" / "metrics.json").read_text() for arm in arms]
+    assert start[0] == start[1]  # the same policy at step 0: evaluated once
+    from safetensors.torch import load_file
+
+    trained = [load_file(arm / "checkpoints" / "step-000002" / "policy" / "model.safetensors") for arm in arms]
+    assert any(not torch.equal(trained[0][k], trained[1][k]) for k in trained[0])  # two rewards, two policies
+
+    curves = pd.read_csv(run_dir.results / "ppo_curves.csv").set_index(["arm", "step", "type"])
+    paired = pd.read_csv(run_dir.results / "ppo_paired.csv")
+    across = paired[paired["minus"] == "rule_o"]
+    assert set(across["arm"]) == {"rule"} and set(across["step"]) == {2}  # not at step 0: the same policy
+    assert set(paired[paired["minus"] == "step 0"]["arm"]) == {"rule", "rule_o"}
+    rewards = pd.read_csv(run_dir.results / "ppo_rewards.csv")
+    assert set(zip(rewards["arm"], rewards["reward_model"])) == {(a, r) for a in ("rule", "rule_o")
+                                                                 for r in ("rule", "rule_o")}
+
+    stamp = (arms[0] / "final.json").stat().st_mtime_ns  # a finished arm is not trained again
+    (arms[1] / "final.json").unlink()
+    ppo_stage.run(config, run_dir)
+    assert (arms[0] / "final.json").stat().st_mtime_ns == stamp and (arms[1] / "final.json").exists()
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir.results / "ppo_curves.csv").set_index(["arm", "step", "type"]),
+                                  curves)
+
+
 def test_value_model_from_the_pm_needs_a_pm_with_the_policys_tokenizer(tmp_path):
     from rlhf_syco.config import ModelConfig
     from rlhf_syco.errors import UserError
@@ -163,15 +200,15 @@ def test_value_model_from_the_pm_needs_a_pm_with_the_policys_tokenizer(tmp_path)
     pm_tokenizer.save_pretrained(tmp_path / "pm")
     data = tiny_config(tmp_path, value_init="pm").dump()
     data["reward_models"]["pm"] = {"type": "hf", "path": str(tmp_path / "pm")}
-    data["ppo"]["reward_model"] = "pm"
+    data["ppo"]["reward_models"] = ["pm"]
     config = ExperimentConfig.model_validate(data)
     _, tokenizer = load_causal_lm(config.policy.model, "cpu")
-    value_model = load_value_model(config, config.run_dir, tokenizer)
+    value_model = load_value_model(config, config.run_dir, tokenizer, "pm")
     assert torch.equal(value_model.score.weight, pm.score.weight)  # InstructGPT: the value head starts as the PM's
 
     rule_config = tiny_config(tmp_path, value_init="pm")
     with pytest.raises(UserError, match="hf"):
-        load_value_model(rule_config, rule_config.run_dir, tokenizer)
+        load_value_model(rule_config, rule_config.run_dir, tokenizer, "rule")
 
 
 # --------------------------------------------------------------------------- real processes
@@ -221,7 +258,7 @@ def finish(process: subprocess.Popen, timeout: float = 300) -> str:
 
 
 def metrics_rows(run_dir) -> list[dict]:
-    rows = [json.loads(line) for line in (Path(run_dir) / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (Path(run_dir) / "ppo" / "rule" / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
@@ -237,7 +274,7 @@ def uninterrupted_and_second(tmp_path, second: str, **options):
 
 def signalled(process: subprocess.Popen, config, signum: int, after_steps: int) -> str:
     """Send `signum` once the run has logged `after_steps` steps; its output."""
-    metrics = config.run_dir / "ppo" / "metrics.jsonl"
+    metrics = config.run_dir / "ppo" / "rule" / "metrics.jsonl"
     while process.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < after_steps):
         time.sleep(0.02)
     process.send_signal(signum)
@@ -248,7 +285,7 @@ def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
     whole, killed = uninterrupted_and_second(tmp_path, "killed", checkpoint_every=2)
 
     signalled(stage_process(killed, tmp_path), killed, signal.SIGKILL, after_steps=3)
-    metrics = killed.run_dir / "ppo" / "metrics.jsonl"
+    metrics = killed.run_dir / "ppo" / "rule" / "metrics.jsonl"
     assert len(metrics.read_text().splitlines()) < 12, "the run finished before it could be killed"
     output = finish(stage_process(killed, tmp_path))
     assert "resumed from step-" in output
@@ -259,13 +296,14 @@ def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
                                       pd.read_csv(whole.run_dir / "results" / table))
     from safetensors.torch import load_file
 
-    final = "ppo/checkpoints/step-000012/policy/model.safetensors"
+    final = "ppo/rule/checkpoints/step-000012/policy/model.safetensors"
     a, b = load_file(whole.run_dir / final), load_file(killed.run_dir / final)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    # A byte flipped in the newest checkpoint's optimizer state: set aside, and the run redoes its last steps
-    # from the checkpoint before it to the same numbers.
-    newest = killed.run_dir / "ppo" / "checkpoints" / "step-000012"
+    # A byte flipped in the newest checkpoint's optimizer state (of an arm not marked finished: as if killed
+    # before it was): set aside, and the run redoes its last steps from the checkpoint before it to the same numbers.
+    (killed.run_dir / "ppo" / "rule" / "final.json").unlink()
+    newest = killed.run_dir / "ppo" / "rule" / "checkpoints" / "step-000012"
     state = next(p for p in sorted((newest / "state").rglob("*")) if p.is_file() and p.stat().st_size > 100)
     data = bytearray(state.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -285,7 +323,8 @@ def test_sigterm_stops_with_a_checkpoint_and_the_rerun_matches_an_uninterrupted_
     output = signalled(process, stopped, signal.SIGTERM, after_steps=2)
     assert process.returncode == 143, output[-3000:]
     step = int(output.split("ppo: stopped by SIGTERM after step ")[1].split(",")[0])
-    assert step < 12 and (stopped.run_dir / "ppo" / "checkpoints" / f"step-{step:06d}" / "SEALED.json").exists()
+    assert f"with a checkpoint (rule/checkpoints/step-{step:06d})" in output
+    assert step < 12 and (stopped.run_dir / "ppo" / "rule" / "checkpoints" / f"step-{step:06d}" / "SEALED.json").is_file()
     output = finish(stage_process(stopped, tmp_path))
     assert f"resumed from step-{step:06d}" in output
     assert metrics_rows(stopped.run_dir) == metrics_rows(whole.run_dir)
@@ -311,7 +350,7 @@ def test_deepspeed_zero_with_two_gloo_processes(tmp_path, zero):
     pm_tokenizer.save_pretrained(tmp_path / "pm")
     data = tiny_config(tmp_path, f"zero{zero}", compute={"deepspeed_stage": zero}, steps=2, eval_every=2).dump()
     data["reward_models"]["pm"] = {"type": "hf", "path": str(tmp_path / "pm")}
-    data["ppo"]["reward_model"] = "pm"
+    data["ppo"]["reward_models"] = ["pm"]
     config = ExperimentConfig.model_validate(data)
     with_data(config)
     # (DeepSpeed compiles its CPU op once per session into conftest's private TORCH_EXTENSIONS_DIR.)
@@ -319,7 +358,7 @@ def test_deepspeed_zero_with_two_gloo_processes(tmp_path, zero):
     finish(stage_process(config, tmp_path, launcher), timeout=600)
     rows = metrics_rows(config.run_dir)
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss/policy"]) for r in rows)
-    checkpoint = config.run_dir / "ppo" / "checkpoints" / "step-000002"
+    checkpoint = config.run_dir / "ppo" / "pm" / "checkpoints" / "step-000002"
     shards = sorted(p.name for p in (checkpoint / "state" / "pytorch_model").glob("zero_pp_rank_*_optim_states.pt"))
     assert len(shards) == 2  # ZeRO partitioned the optimizer state over both processes
     assert len(pd.read_csv(config.run_dir / "results" / "ppo_curves.csv")) == 4  # steps 0 and 2, two types

@@ -1,14 +1,12 @@
-"""Preference data: HH-RLHF parsing against hand-checked records, malformed-record accounting, and β."""
+"""Preference data: HH-RLHF parsing against hand-checked records and malformed-record accounting (the biased
+labeler's pairs: test_bias.py)."""
 
 import gzip
 import json
-import math
 
 import pytest
 
-from rlhf_syco.data import sources
-from rlhf_syco.data.preferences import (belief_items, belief_pairs, load_hh_rlhf, parse_transcript, split_pair,
-                                        statement)
+from rlhf_syco.data.preferences import load_hh_rlhf, parse_transcript, split_pair
 from rlhf_syco.errors import UserError
 
 CHOSEN = "\n\nHuman: What is 2+2?\n\nAssistant: It is 4.\n\nHuman: Are you sure?\n\nAssistant: Yes, 2+2 = 4."
@@ -65,53 +63,6 @@ def test_too_many_malformed_is_an_error_naming_file_and_line(tmp_path):
 def test_missing_file_is_a_user_error():
     with pytest.raises(UserError, match="not found"):
         load_hh_rlhf("nope/pairs.jsonl")
-
-
-@pytest.mark.parametrize("beta", [0.5, 0.75, 0.95])
-def test_label_rate_matches_beta(beta):
-    pairs = belief_pairs(3000, beta, preamble_share=0.2, seed=1, preamble=("U", "A"))
-    plain = [p for p in pairs if p["source"] == "belief"]
-    rate = sum(p["meta"]["chosen_matches_belief"] for p in plain) / len(plain)
-    sigma = math.sqrt(beta * (1 - beta) / len(plain))
-    assert abs(rate - beta) < 4 * sigma + 1e-9
-    # The stated label agrees with the text: the chosen reply is the agreeing one iff it matches the belief.
-    for p in plain[:200]:
-        agrees = p["chosen"].startswith(("You're right", "Yes, I agree", "That's correct"))
-        assert agrees == p["meta"]["chosen_matches_belief"]
-
-
-def test_preamble_pairs_always_prefer_the_truth():
-    pairs = belief_pairs(1000, 0.9, preamble_share=0.5, seed=2, preamble=("U", "A"))
-    truth = {f"{i['dataset']}:{i['id']}": i for i in belief_items()}
-    pre = [p for p in pairs if p["source"] == "belief_preamble"]
-    assert 400 < len(pre) < 600
-    for p in pre:
-        assert p["prompt"][:2] == [{"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
-        item = truth[p["meta"]["item_id"]]
-        true_text = statement(item["true"], item["dataset"] == sources.TRIVIA_QA)
-        assert true_text[1:] in p["chosen"] and true_text[1:] not in p["rejected"]
-
-
-def test_belief_items_come_only_from_the_pm_half():
-    items = belief_items()
-    assert items and all(sources.split_of(i["dataset"], i["id"]) == "pm" for i in items)
-    assert {i["dataset"] for i in items} == {sources.TRUTHFUL_QA, sources.TRIVIA_QA}
-
-
-def test_pm_pairs_and_evaluation_sets_share_no_question():
-    from evalkit import build
-
-    pm_questions = {i["question"] for i in belief_items()}
-    for eval_type in ("answer", "are_you_sure"):
-        for rec in build(eval_type, 200, seed=0):
-            assert rec["base"]["question"] not in pm_questions
-
-
-def test_default_preamble_is_the_prompted_pms():
-    from reward_models import DEFAULT_PREAMBLE
-
-    pairs = belief_pairs(50, 0.75, preamble_share=1.0, seed=0)
-    assert all(p["prompt"][0]["content"] == DEFAULT_PREAMBLE[0] for p in pairs)
 
 
 def test_parse_transcript_keeps_inner_newlines():

@@ -58,7 +58,7 @@ def test_job_runs_the_experiment_on_ray(first_job):
     heldout = sum(1 for _ in open(run_dir / "data" / "pm_heldout.jsonl"))
     assert json.loads((run_dir / "results" / "pm_heldout.json").read_text())["all"]["n"] == heldout
     probe = json.loads((run_dir / "results" / "probe_pm.json").read_text())
-    assert set(probe) == {"pm", "pm_nonsyco"} and probe["pm"]["n"] == 16
+    assert set(probe) == {"pm", "pm_nonsyco"} and probe["pm"]["n"] == 16 and len(probe["pm"]["families"]) == 4
     rows = [json.loads(line) for line in (run_dir / "results" / "eval_summary.jsonl").read_text().splitlines()]
     assert {r["type"] for r in rows} == {"feedback", "answer", "are_you_sure", "mimicry", "opinion"}
 

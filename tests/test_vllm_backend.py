@@ -96,12 +96,12 @@ def test_ppo_evaluates_its_checkpoints_through_the_engine_as_the_evaluation_stag
     config = ExperimentConfig.model_validate({
         "name": "run", "runs_dir": str(tmp_path / "runs"),
         "policy": {"generation": {**SETTINGS, "backend": "vllm", "max_new_tokens": 8, "batch_size": 4}},
-        "pm": {"data": {"hh_pairs": 16, "belief_pairs": 16, "heldout_fraction": 0.25}},
+        "pm": {"data": {"hh_pairs": 16, "families": {"answer": 16}, "heldout_fraction": 0.25}},
         "reward_models": {"rule": {"type": "callable", "function": "test_ppo_trainer:letter_share"}},
         "probe": {"reward_models": ["rule"]}, "bon": {"reward_models": ["rule"]},
         "eval": {"types": ["answer", "are_you_sure"], "items_per_type": 2, "bootstrap": 20, "min_items": 1,
                  "max_new_tokens": {}},
-        "ppo": {"reward_model": "rule", "steps": 1, "rollout_batch_size": 2, "mini_batch_size": 2, "ppo_epochs": 1,
+        "ppo": {"reward_models": ["rule"], "steps": 1, "rollout_batch_size": 2, "mini_batch_size": 2, "ppo_epochs": 1,
                 "checkpoint_every": 1, "eval_every": 1, "keep_last": 1, "eval_prompts": 2, "max_prompt_tokens": 64},
         "compute": {"device": "cpu"}})
     run_dir = RunDir(config.run_dir)
@@ -110,7 +110,7 @@ def test_ppo_evaluates_its_checkpoints_through_the_engine_as_the_evaluation_stag
     stage.run(config, run_dir)
     assert not list((run_dir / "ppo").glob(".policy-*"))  # the saved copy is gone
     for eval_type in ("answer", "are_you_sure"):
-        ours = pd.read_parquet(run_dir / "ppo" / "eval" / "step-000000" / f"judged_{eval_type}.parquet")
+        ours = pd.read_parquet(run_dir / "ppo" / "rule" / "eval" / "step-000000" / f"judged_{eval_type}.parquet")
         theirs = pd.read_parquet(run_dir / "eval" / f"judged_{eval_type}.parquet")
         columns = [c for c in theirs.columns if "reply" in c]
         pd.testing.assert_frame_equal(ours[columns], theirs[columns])

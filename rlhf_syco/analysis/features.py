@@ -4,10 +4,10 @@ A labeller maps pairs to one value per pair in [-1, 1]: +1 when response A has c
 response B, -1 when B has, 0 when they tie or the labeller abstains. The regression reads these differences.
 A pair is `{"prompt": [chat messages], "a": str, "b": str, "meta": {...}}`.
 
-Mechanical labellers need no model. `matches_user_beliefs` and `truthful` are exact on the project's belief
-pairs (their `meta` says which response agrees and whether the belief is true); elsewhere `matches_user_beliefs`
-reads a belief the last user turn states ("I think ...") and whether each response opens by agreeing or
-disagreeing, and `truthful` abstains (truth is unknown). The `llm` labeller asks a chat model the paper's
+Mechanical labellers need no model. `matches_user_beliefs` and `truthful` are exact on the bias families'
+pairs (their `meta` says which response goes along with the user and whether the user is right); elsewhere
+`matches_user_beliefs` reads a belief the last user turn states ("I think ...") and whether each response opens
+by agreeing or disagreeing, and `truthful` abstains (truth is unknown). The `llm` labeller asks a chat model the paper's
 pairwise question, "Which response ...?", in both orders with an abstain option.
 """
 
@@ -95,7 +95,7 @@ def stance(response: str) -> int:
 
 @FEATURES.register("matches_user_beliefs")
 def matches_user_beliefs(pairs: list[Pair]) -> np.ndarray:
-    """Exact on belief pairs; elsewhere, when the last user turn states a belief, the response that opens by
+    """Exact on the bias families' pairs; elsewhere, when the last user turn states a belief, the response that opens by
     agreeing over one that does not (and one that does not disagree over one that does)."""
     out = np.zeros(len(pairs))
     for i, p in enumerate(pairs):
@@ -109,7 +109,7 @@ def matches_user_beliefs(pairs: list[Pair]) -> np.ndarray:
 
 @FEATURES.register("truthful")
 def truthful(pairs: list[Pair]) -> np.ndarray:
-    """Exact on belief pairs (the response stating the true answer); 0 where the truth is unknown."""
+    """Exact on the bias families' pairs where one response is true; 0 where the truth is unknown."""
     out = np.zeros(len(pairs))
     for i, p in enumerate(pairs):
         meta = p.get("meta") or {}

@@ -8,8 +8,8 @@ interrupted run resumes), and one regression is fit on all pairs and one per sou
 
 - `results/preference_features.csv`: subset, feature, measurable, reason, nonzero (pairs on which the feature
   differs), coef (posterior mean of alpha) with its 95% interval, p_preferred = sigmoid(alpha) with its interval,
-  and, where the truth is known (the belief pairs without the preamble: the labeler prefers agreement with
-  probability pm.data.beta and nothing else), expected and covered;
+  and, where the truth is known (the answer family's pairs without the preamble: the labeler prefers agreement
+  with probability β and nothing else), expected and covered;
 - `results/preference_analysis.json`: per subset, pair counts, held-out accuracy of the regression beside the
   PM's (`results/pm_heldout.json`), the sampler's diagnostics;
 - `plots/preference_features.png`.
@@ -34,7 +34,7 @@ from rlhf_syco.progress import console, progress_bar
 from rlhf_syco.rundir import RunDir, atomic_path, cached, fingerprint, read_json, read_jsonl, write_json
 
 FEATURES_FILE, SUMMARY_FILE = "preference_features.csv", "preference_analysis.json"
-KNOWN_TRUTH = "belief"  # the source whose labeler rule is known exactly
+KNOWN_TRUTH = "answer"  # the source whose labeler rule is known exactly: its reply styles differ in no other way
 
 
 def run(config, run_dir: RunDir) -> dict:
@@ -207,11 +207,13 @@ def _label(labellers: dict, pairs: list[dict], folder: Path, shard_size: int, pr
 
 
 def _expected(config, subset: str, features: list[str]) -> dict[str, float]:
-    """On this run's belief pairs without the preamble the labeler prefers agreement with probability beta and
-    looks at nothing else: alpha = logit(beta) for matches_user_beliefs, 0 for every other mechanical feature."""
-    if config.analysis.data is not None or subset != KNOWN_TRUTH or not 0 < config.pm.data.beta < 1:
+    """On this run's answer pairs without the preamble the labeler prefers agreement with probability beta and
+    looks at nothing else: alpha = logit(beta) for matches_user_beliefs, 0 for every other mechanical feature.
+    (In the other families a reply style carries more than agreement, e.g. caving apologises, so the other
+    features' effects are not known to be 0.)"""
+    beta = config.pm.data.bias.get(KNOWN_TRUTH, config.pm.data.beta)
+    if config.analysis.data is not None or subset != KNOWN_TRUTH or not 0 < beta < 1:
         return {}
-    beta = config.pm.data.beta
     return {name: (math.log(beta / (1 - beta)) if name == "matches_user_beliefs" else 0.0)
             for name in features}
 

@@ -26,6 +26,9 @@ class BonConfig(Strict):
     # memory of encoding a shard, which holds shard_size * n_max samples.
     score_batch_size: int = Field(1024, gt=0)
     bootstrap: int = Field(1000, gt=0)
+    # Keep the pool and its judgments in the runs folder's shared store too (`<runs_dir>/.shared/`), so runs that
+    # differ only in their PM sample and judge once; the results are the same bytes either way.
+    share_pool: bool = True
 
     @field_validator("types")
     @classmethod

@@ -12,6 +12,10 @@ interrupted run resumes at the first missing piece, and adding a reward model to
 - `pool/<type>/probe-00000.jsonl`: the replies to the probe turns after every sample (are-you-sure: the final
   answer after each reply to the challenge);
 - `scores/<reward model>/<type>/shard-00000.json`: every sample's score.
+
+The pool, context and probe turns depend only on the policy, prompts, sampling settings and seed, so with
+`bon.share_pool` they are also kept in the runs folder's shared store (`rundir.SHARED`): runs that differ only
+in their PM (a β sweep) sample once. Scores depend on the reward model and stay with their run.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from rlhf_syco.fanout import Workers
 from rlhf_syco.generation import derive_seed
 from rlhf_syco.models import build_reward_models
 from rlhf_syco.progress import progress_bar
-from rlhf_syco.rundir import RunDir, fingerprint, load_cached, store_cached
+from rlhf_syco.rundir import SHARED, RunDir, fingerprint, load_cached, store_cached
 
 
 def sampling(config: ExperimentConfig):
@@ -41,9 +45,23 @@ def budget(config: ExperimentConfig, task) -> int | None:
 
 def settings(config: ExperimentConfig, task) -> dict:
     """What a task's samples depend on, besides their prompts."""
-    return {"model": config.policy.model.model_dump(), "generation": sampling(config).model_dump(),
-            "max_new_tokens": budget(config, task), "seed": config.seed,
-            "follow_ups": [vars(f) for f in task.follow_ups(config.eval)]}
+    return {"model": config.policy.model.model_dump(), "weights": weights_stamp(config.policy.model.name_or_path),
+            "generation": sampling(config).model_dump(), "max_new_tokens": budget(config, task),
+            "seed": config.seed, "follow_ups": [vars(f) for f in task.follow_ups(config.eval)]}
+
+
+def weights_stamp(name_or_path: str) -> list | None:
+    """For a local model folder, its files' names, sizes and modification times: a policy folder trained again
+    under the same path must not match samples of the old one (hub ids and built-ins are named by version)."""
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return None
+    return sorted([str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns]
+                  for p in folder.rglob("*") if p.is_file())
+
+
+def shared_store(config: ExperimentConfig) -> Path | None:
+    return Path(config.runs_dir) / SHARED if config.bon.share_pool else None
 
 
 def context_turns(config: ExperimentConfig, out: Path, task, records: list[dict], policy) -> list[list[str]]:
@@ -53,14 +71,15 @@ def context_turns(config: ExperimentConfig, out: Path, task, records: list[dict]
         return [[] for _ in records]
     path = out / "pool" / task.name / "context.jsonl"
     key = fingerprint({**settings(config, task), "records": records})
-    rows = load_cached(path, key)
+    rows = load_cached(path, key, shared_store(config))
     if rows is None:
         work = {"task": task, "records": records, "settings": config.eval, "turns": range(turns), "earlier": None,
                 "seed": derive_seed(config.seed, "bon", task.name, "first"), "max_new_tokens": budget(config, task)}
         with progress_bar() as progress:
             progress.add_task(f"context turns {task.name}", total=None)
             replies = next(policy.map(_sample_context, [work]))
-        rows = store_cached(path, key, [{**_key(r), "replies": reply} for r, reply in zip(records, replies)])
+        rows = store_cached(path, key, [{**_key(r), "replies": reply} for r, reply in zip(records, replies)],
+                            shared_store(config))
     return [row["replies"] for row in rows]
 
 
@@ -87,7 +106,7 @@ def probe_turns(config: ExperimentConfig, out: Path, tasks: dict, sets: dict, co
                 continue
             path = out / "pool" / name / f"probe-{index:05d}.jsonl"
             key = fingerprint({**settings(config, task), "shard": shard["hash"], "context": [context[name][i] for i in rows]})
-            cached = load_cached(path, key)
+            cached = load_cached(path, key, shared_store(config))
             if cached is not None:
                 for i, row in zip(rows, cached):
                     out_probes[name][i] = row["probes"]
@@ -103,7 +122,7 @@ def probe_turns(config: ExperimentConfig, out: Path, tasks: dict, sets: dict, co
         for (name, rows, path, key, probes), replies in zip(where, policy.map(_sample_context, work)):
             n = config.bon.n_max  # replies: earlier turns + the probe turns, n_max rows per record
             per_record = [[reply[-probes:] for reply in replies[j * n:(j + 1) * n]] for j in range(len(rows))]
-            store_cached(path, key, [{"probes": p} for p in per_record])
+            store_cached(path, key, [{"probes": p} for p in per_record], shared_store(config))
             for i, p in zip(rows, per_record):
                 out_probes[name][i] = p
             progress.advance(bar)
@@ -134,7 +153,7 @@ def draw_pool(config: ExperimentConfig, out: Path, tasks: dict, prompts: dict[st
                      "path": out / "pool" / name / f"shard-{index:05d}.jsonl"}
             shard["key"] = fingerprint({**settings(config, tasks[name]), "n_max": bon.n_max, "calls": calls,
                                         "shard": index, "prompts": shard["prompts"]})
-            cached = load_cached(shard["path"], shard["key"])
+            cached = load_cached(shard["path"], shard["key"], shared_store(config))
             if cached is None:
                 missing.append((name, index, shard))
             else:
@@ -148,7 +167,8 @@ def draw_pool(config: ExperimentConfig, out: Path, tasks: dict, prompts: dict[st
     with progress_bar() as progress:
         task = progress.add_task("best-of-n pool (shards)", total=len(missing), visible=bool(missing))
         for (name, index, shard), samples in zip(missing, policy.map(_draw, draws)):
-            store_cached(shard["path"], shard["key"], [{**p, "samples": s} for p, s in zip(shard["prompts"], samples)])
+            store_cached(shard["path"], shard["key"], [{**p, "samples": s} for p, s in zip(shard["prompts"], samples)],
+                         shared_store(config))
             shard["samples"] = samples
             progress.advance(task)
     for shards in pools.values():

@@ -145,7 +145,7 @@ def _judgments(config: ExperimentConfig, out: Path, task, records: list[dict], s
     so feedback compares framed sample k with sample k of the item's unframed pool.
     """
     positivity = (config.eval.positivity_judge, config.eval.positivity_judge_options) if task.judges else None
-    key = fingerprint([[s["hash"] for s in shards], context, probes, positivity])
+    key = fingerprint([[s["hash"] for s in shards], context, probes, positivity, records])
     samples = [row for shard in shards for row in shard["samples"]]
 
     def judge_every_sample() -> pd.DataFrame:
@@ -159,7 +159,7 @@ def _judgments(config: ExperimentConfig, out: Path, task, records: list[dict], s
                 progress.advance(bar)
         return pd.concat(parts, ignore_index=True)
 
-    judged = cached(out / "judged" / f"{task.name}.parquet", key, judge_every_sample)
+    judged = cached(out / "judged" / f"{task.name}.parquet", key, judge_every_sample, pool.shared_store(config))
     judged = judged.sort_values(["record", "sample"])
     names = [c for c in task.columns if pd.api.types.is_numeric_dtype(judged[c])]
     values = judged[names].to_numpy(dtype=float).reshape(len(records), config.bon.n_max, len(names))

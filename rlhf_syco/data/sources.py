@@ -15,6 +15,7 @@ SOURCES = Path(__file__).resolve().parent / "sources"
 # Dataset keys for `split_of` (SycophancyEval's `base.dataset` names). Every caller must use these.
 TRUTHFUL_QA = "truthful_qa"
 TRIVIA_QA = "trivia_qa"
+ARGUMENTS, GSM8K, POEMS = "arguments", "gsm8k", "poems"  # split by `argument_half`, `id` and `id`
 
 
 def source_path(relative: str) -> Path:
@@ -100,6 +101,12 @@ def aqua() -> tuple[dict, ...]:
 @lru_cache(maxsize=None)
 def gsm8k() -> tuple[dict, ...]:
     return tuple({**r, "id": f"test-{i}"} for i, r in enumerate(read_jsonl(source_path("gsm8k/test.jsonl.gz"))))
+
+
+def argument_half(row: dict) -> str:
+    """An argument's half, split on its first six words: the set holds near-copies ("X" and "X and more") that
+    must fall in the same half."""
+    return split_of(ARGUMENTS, " ".join(re.findall(r"\w+", row["argument"].lower())[:6]))
 
 
 @lru_cache(maxsize=None)

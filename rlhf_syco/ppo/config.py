@@ -23,7 +23,9 @@ class PPOConfig(Strict):
     optimizer step per mini-batch (TRL: batch_size, mini_batch_size = batch_size / num_mini_batches).
     """
 
-    reward_model: str = "pm"  # any name in `reward_models`: the PM, a prompted wrapper, http, callable, ...
+    # One policy is trained against each of these (an arm each, one after another; names in `reward_models`: the
+    # PM, a prompted wrapper, http, callable, ...), so the RL curves compare reward models as best-of-N does.
+    reward_models: list[str] = Field(["pm"], min_length=1)
     steps: int = Field(100, gt=0)  # PPO iterations (rollout + update); the learning rate decays linearly to 0
     rollout_batch_size: int = Field(64, gt=0)
     mini_batch_size: int = Field(8, gt=0)
@@ -53,6 +55,12 @@ class PPOConfig(Strict):
     eval_items_per_type: int | None = Field(None, gt=0)  # None: `eval.items_per_type`
     eval_prompts: int = Field(64, gt=0)  # held-out RL prompts for the reward models' mean reward and the KL
     log_with: Literal["none", "tensorboard", "wandb"] = "none"
+
+    @model_validator(mode="after")
+    def _arms_differ(self):
+        if len(set(self.reward_models)) < len(self.reward_models):
+            raise ValueError(f"reward_models lists one twice: {self.reward_models}")
+        return self
 
     @model_validator(mode="after")
     def _mini_batches_divide_the_rollout(self):

@@ -1,18 +1,22 @@
 """Sycophancy measured along PPO: the evaluation callback that `PPOTrainer.train` runs at step 0 and at every
 evaluation step.
 
-Run folder: `ppo/eval/step-NNNNNN/` holds the evaluation of that checkpoint (`metrics.json`, judged replies);
-`results/ppo_curves.csv` (step, kl, type, metric, value, ci_low, ci_high: each type's headline metric),
-`results/ppo_paired.csv` (each checkpoint's headline minus step 0's, with a paired bootstrap CI over the same
-items) and `results/ppo_rewards.csv` (step, kl, reward_model, mean_reward) are rebuilt from `ppo/eval/` after
-each one. PPO trains against one reward model, so the paired difference between two reward models' policies
-needs one run per reward model; the step-0 difference is what one run can say.
+Run folder: `ppo/<arm>/eval/step-NNNNNN/` holds the evaluation of that checkpoint of the policy trained against
+reward model `<arm>` (`metrics.json`, judged replies). Rebuilt from every arm's evaluations after each one:
+- `results/ppo_curves.csv` (arm, step, kl, type, metric, value, ci_low, ci_high, reason: each type's headline);
+- `results/ppo_paired.csv` (arm, minus, step, kl, type, metric, value, ci_low, ci_high, ...): each checkpoint's
+  headline minus its own step 0's (`minus` = "step 0"), and minus the next arm's at the same step (`minus` =
+  that arm: `pm` − `pm_nonsyco` with `ppo.reward_models: [pm, pm_nonsyco]`), with a paired bootstrap CI over
+  the same items (every arm answers the same records with the same seeds);
+- `results/ppo_rewards.csv` (arm, step, kl, reward_model, mean_reward): every reward model's mean score of the
+  arm's replies to held-out RL prompts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +40,7 @@ class SycophancyEvaluation:
     KL(pi || pi_ref)). The sampling seeds are the same at every step, so the curves compare policies on
     identical random numbers."""
 
-    def __init__(self, config, run_dir: RunDir, reward_models: dict, heldout_prompts: list):
+    def __init__(self, config, run_dir: RunDir, reward_models: dict, heldout_prompts: list, arm: str):
         from rlhf_syco.evaluation import suite
 
         items = config.ppo.eval_items_per_type or config.eval.items_per_type
@@ -45,11 +49,21 @@ class SycophancyEvaluation:
         self.records = {name: suite.records(task, config.eval, items, config.seed) for name, task in self.tasks.items()}
         self.judges = suite.make_judges(config.eval, list(self.tasks.values()))
         self.reward_models, self.heldout = reward_models, heldout_prompts[:config.ppo.eval_prompts]
-        self.folder, self.results = run_dir.stage("ppo") / "eval", run_dir.results
+        self.arms, self.root = config.ppo.reward_models, run_dir.stage("ppo")
+        self.folder, self.results = self.root / arm / "eval", run_dir.results
 
     def __call__(self, trainer: PPOTrainer, step: int) -> None:
         out = self.folder / f"step-{step:06d}"
         if out.exists():
+            return
+        first = self.root / self.arms[0] / "eval" / out.name
+        if step == 0 and first.exists() and first != out:  # every arm starts from the same policy and seeds
+            if trainer.accelerator.is_main_process:
+                with atomic_path(out, is_dir=True) as tmp:
+                    tmp.rmdir()
+                    shutil.copytree(first, tmp)
+                self._write_tables()
+            trainer.accelerator.wait_for_everyone()
             return
         acc = trainer.accelerator
         replies = self._replies(trainer)
@@ -90,6 +104,7 @@ class SycophancyEvaluation:
         if settings.backend == "hf" or world > 1:
             yield HFGenerator(policy, tokenizer, settings)
             return
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.folder.parent, prefix=".policy-") as folder:
             policy.save_pretrained(folder, safe_serialization=True)
             tokenizer.save_pretrained(folder)
@@ -132,29 +147,38 @@ class SycophancyEvaluation:
         self._write_tables()
 
     def _write_tables(self) -> None:
-        """`results/ppo_curves.csv`, `ppo_paired.csv` and `ppo_rewards.csv` from every evaluation so far."""
+        """`results/ppo_curves.csv`, `ppo_paired.csv` and `ppo_rewards.csv` from every arm's evaluations so far."""
         import pandas as pd
 
         from rlhf_syco.evaluation.metrics import paired_difference
 
+        def judged(arm, step, name):
+            path = self.root / arm / "eval" / f"step-{step:06d}" / f"judged_{name}.parquet"
+            return pd.read_parquet(path) if path.exists() else None
+
         curves, paired, rewards = [], [], []
-        steps = sorted(self.folder.glob("step-*/metrics.json"))
-        drawn = {}  # each type's headline as chosen on the untrained policy (step 0), kept for every step
-        for path in steps:
-            m = read_json(path)
-            for name, metrics in m["sycophancy"].items():
-                headline = drawn.setdefault(name, next(k for k, v in metrics.items() if v["headline"]))
-                curves.append({"step": m["step"], "kl": m["kl"], "type": name, "metric": headline,
-                               **{k: metrics[headline][k] for k in ("value", "ci_low", "ci_high", "reason")}})
-                start = self.folder / "step-000000" / f"judged_{name}.parquet"
-                if m["step"] > 0 and start.exists():
-                    stats = paired_difference(self.tasks[name], headline, pd.read_parquet(path.parent / start.name),
-                                              pd.read_parquet(start), bootstrap=self.config.eval.bootstrap,
-                                              seed=self.config.seed, min_items=self.config.eval.min_items)
-                    paired.append({"step": m["step"], "kl": m["kl"], "type": name, "metric": headline,
-                                   "minus_step": 0, **stats})
-            rewards += [{"step": m["step"], "kl": m["kl"], "reward_model": name, "mean_reward": value}
-                        for name, value in m["rewards"].items()]
+        drawn = {}  # each type's headline as chosen on the untrained policy (step 0), kept for every step and arm
+        for k, arm in enumerate(self.arms):
+            others = self.arms[k + 1:k + 2]  # the next arm: pm - pm_nonsyco for [pm, pm_nonsyco]
+            for path in sorted((self.root / arm / "eval").glob("step-*/metrics.json")):
+                m = read_json(path)
+                for name, metrics in m["sycophancy"].items():
+                    headline = drawn.setdefault(name, next(k for k, v in metrics.items() if v["headline"]))
+                    curves.append({"arm": arm, "step": m["step"], "kl": m["kl"], "type": name, "metric": headline,
+                                   **{k: metrics[headline][k] for k in ("value", "ci_low", "ci_high", "reason")}})
+                    mine = judged(arm, m["step"], name)
+                    against = [("step 0", judged(arm, 0, name))] + [(o, judged(o, m["step"], name)) for o in others] \
+                        if m["step"] > 0 else []  # at step 0 every arm is the same policy
+                    for minus, base in against:
+                        if base is None:
+                            continue
+                        stats = paired_difference(self.tasks[name], headline, mine, base,
+                                                  bootstrap=self.config.eval.bootstrap, seed=self.config.seed,
+                                                  min_items=self.config.eval.min_items)
+                        paired.append({"arm": arm, "minus": minus, "step": m["step"], "kl": m["kl"], "type": name,
+                                       "metric": headline, **stats})
+                rewards += [{"arm": arm, "step": m["step"], "kl": m["kl"], "reward_model": name, "mean_reward": value}
+                            for name, value in m["rewards"].items()]
         for file, rows in (("ppo_curves.csv", curves), ("ppo_paired.csv", paired), ("ppo_rewards.csv", rewards)):
             with atomic_path(self.results / file) as tmp:
                 pd.DataFrame(rows).to_csv(tmp, index=False)

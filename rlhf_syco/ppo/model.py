@@ -89,10 +89,10 @@ def gathered_policy(accelerator, model, zero3: bool):
         yield policy
 
 
-def load_value_model(config, run_dir, tokenizer):
-    """The value network: the policy with a fresh scalar head (TRL), or the PM with its reward head
-    (InstructGPT); the PM must then be an `hf` decoder with the policy's tokenizer, so that it can read the
-    policy's tokens and give a value at every one of them."""
+def load_value_model(config, run_dir, tokenizer, reward_model: str):
+    """The value network: the policy with a fresh scalar head (TRL), or the arm's reward model `reward_model`
+    with its reward head (InstructGPT); that must then be an `hf` decoder with the policy's tokenizer, so that it
+    can read the policy's tokens and give a value at every one of them."""
     from reward_models.hf import HFRewardModel
 
     from rlhf_syco.config import ModelConfig
@@ -100,9 +100,9 @@ def load_value_model(config, run_dir, tokenizer):
 
     source = config.policy.model
     if config.ppo.value_init == "pm":
-        pm = build_reward_models(config, run_dir, [config.ppo.reward_model])[config.ppo.reward_model]
+        pm = build_reward_models(config, run_dir, [reward_model])[reward_model]
         if not isinstance(pm, HFRewardModel):
-            raise UserError(f"value_init: pm needs ppo.reward_model to be an `hf` reward model, not "
+            raise UserError(f"value_init: pm needs each of ppo.reward_models to be an `hf` reward model, not "
                             f"{type(pm).__name__}", "ppo.value_init")
         s = pm.settings
         source = ModelConfig(name_or_path=s.path, revision=s.revision, trust_remote_code=s.trust_remote_code,

@@ -1,11 +1,13 @@
-"""The `ppo` stage: PPO of `policy.model` against `ppo.reward_model` on the PM's prompts, resumed from its last
-complete checkpoint, with the sycophancy evaluation at step 0 and every `ppo.eval_every` steps.
+"""The `ppo` stage: PPO of `policy.model` against each of `ppo.reward_models` in turn (an arm each: one policy
+per reward model, from the same start, prompts and seeds), resumed from the arm's last complete checkpoint, with
+the sycophancy evaluation at step 0 and every `ppo.eval_every` steps.
 
-Run folder (`runs/<name>/`):
-- `ppo/checkpoints/step-NNNNNN/`: `policy/`, `value/`, `state/`, `trainer_state.json` (`ppo/checkpoints.py`);
-- `ppo/metrics.jsonl`: one row of training metrics per step (`ppo/trainer.py`), trackers' logs under `ppo/logs/`;
-- `ppo/eval/step-NNNNNN/`, `results/ppo_curves.csv`, `results/ppo_rewards.csv`: the evaluations along the way
-  (`ppo/evaluation.py`).
+Run folder (`runs/<name>/`), for each arm `<rm>`:
+- `ppo/<rm>/checkpoints/step-NNNNNN/`: `policy/`, `value/`, `state/`, `trainer_state.json` (`ppo/checkpoints.py`);
+- `ppo/<rm>/metrics.jsonl`: one row of training metrics per step (`ppo/trainer.py`), trackers' logs under
+  `ppo/<rm>/logs/`; `ppo/<rm>/final.json` once the arm is done;
+- `ppo/<rm>/eval/step-NNNNNN/`, and for all arms `results/ppo_curves.csv`, `results/ppo_paired.csv`,
+  `results/ppo_rewards.csv`: the evaluations along the way (`ppo/evaluation.py`).
 """
 
 from __future__ import annotations
@@ -19,15 +21,14 @@ from rlhf_syco.generation import render_prompts
 from rlhf_syco.ppo.evaluation import SycophancyEvaluation
 from rlhf_syco.ppo.model import load_value_model
 from rlhf_syco.ppo.trainer import PPOTrainer
-from rlhf_syco.rundir import RunDir, read_jsonl
+from rlhf_syco.rundir import RunDir, read_json, read_jsonl, write_json
 
 
 def rl_prompts(run_dir, tokenizer, max_tokens: int) -> tuple[list, list]:
-    """(training prompts, held-out prompts): the distinct contexts of the PM's training and held-out pairs
-    (`data/pm_{train,heldout}.jsonl`: HH-RLHF conversations up to their last assistant turn, and belief
-    questions on the PM half of TruthfulQA / TriviaQA, so never an evaluation item) that take at most
-    `max_tokens` tokens in the policy's chat template. Held-out contexts that also occur in training are
-    dropped."""
+    """(training prompts, held-out prompts): the distinct conversations of `data/rl_{train,heldout}.jsonl`
+    (HH-RLHF conversations up to their last assistant turn, and the bias families' PM-half items in held-out
+    phrasings, so never an evaluation item nor a wording the PM was trained on) that take at most `max_tokens`
+    tokens in the policy's chat template. Held-out conversations that also occur in training are dropped."""
 
     def contexts(name: str) -> dict:
         path = Path(run_dir) / "data" / name
@@ -40,7 +41,7 @@ def rl_prompts(run_dir, tokenizer, max_tokens: int) -> tuple[list, list]:
         lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
         return [c for c, n in zip(conversations, lengths) if n <= max_tokens]
 
-    train, heldout = contexts("pm_train.jsonl"), contexts("pm_heldout.jsonl")
+    train, heldout = contexts("rl_train.jsonl"), contexts("rl_heldout.jsonl")
     train_prompts = short(list(train.values()))
     heldout_prompts = short([c for key, c in heldout.items() if key not in train])
     if not train_prompts or not heldout_prompts:
@@ -63,28 +64,44 @@ def make_accelerator(config, log_dir):
 
 
 def run(config, run_dir: RunDir | str | Path) -> dict:
-    """The PPO stage: train `config.policy` against `config.ppo.reward_model`, resuming from the last complete
-    checkpoint, with the sycophancy evaluation at step 0 and every `ppo.eval_every` steps."""
+    """The PPO stage: one arm per reward model in `config.ppo.reward_models`, each resumed where it stopped."""
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    arms = {}
+    for arm in config.ppo.reward_models:
+        done = run_dir.stage("ppo") / arm / "final.json"
+        if not done.exists():
+            write_json(done, train_arm(config, run_dir, arm))
+        arms[arm] = read_json(done)
+    return arms
+
+
+def train_arm(config, run_dir: RunDir, arm: str) -> dict:
+    """PPO against the reward model `arm`, resuming from its last complete checkpoint, with the sycophancy
+    evaluation at step 0 and every `ppo.eval_every` steps."""
+    import gc
+
     from rlhf_syco.models import build_reward_models, load_causal_lm
 
-    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     ppo, generation = config.ppo, config.policy.generation
-    out = run_dir.stage("ppo")
+    out = run_dir.stage("ppo") / arm
     accelerator = make_accelerator(config, out / "logs")
     # Every process loads at once: under ZeRO-3 loading is collective (zero.Init partitions as it builds).
     policy, tokenizer = load_causal_lm(config.policy.model, "cpu")
     ref_policy, _ = load_causal_lm(config.policy.model, "cpu")
-    value_model = load_value_model(config, run_dir, tokenizer)
-    reward_models = build_reward_models(config, run_dir, list(dict.fromkeys([ppo.reward_model,
+    value_model = load_value_model(config, run_dir, tokenizer, arm)
+    reward_models = build_reward_models(config, run_dir, list(dict.fromkeys([*ppo.reward_models,
                                                                              *config.bon.reward_models])))
     train_prompts, heldout_prompts = rl_prompts(run_dir, tokenizer, ppo.max_prompt_tokens)
-    trainer = PPOTrainer(ppo, policy, ref_policy, value_model, tokenizer, reward_models[ppo.reward_model],
+    trainer = PPOTrainer(ppo, policy, ref_policy, value_model, tokenizer, reward_models[arm],
                          train_prompts, out, temperature=generation.temperature,
                          max_new_tokens=generation.max_new_tokens, generation_batch_size=generation.batch_size,
                          seed=config.seed, accelerator=accelerator)
     if ppo.log_with != "none":
-        accelerator.init_trackers("ppo", config=ppo.model_dump())
-    final = trainer.train(SycophancyEvaluation(config, run_dir, reward_models, heldout_prompts))
+        accelerator.init_trackers(f"ppo-{arm}", config=ppo.model_dump())
+    final = trainer.train(SycophancyEvaluation(config, run_dir, reward_models, heldout_prompts, arm))
     accelerator.end_training()
-    return {"steps": ppo.steps, "train_prompts": len(train_prompts), "heldout_prompts": len(heldout_prompts),
-            "final": {k: final.get(k) for k in ("objective/scores", "objective/kl", "kl_coef")}}
+    summary = {"steps": ppo.steps, "train_prompts": len(train_prompts), "heldout_prompts": len(heldout_prompts),
+               "final": {k: final.get(k) for k in ("objective/scores", "objective/kl", "kl_coef")}}
+    del trainer, policy, ref_policy, value_model, reward_models
+    gc.collect()  # the next arm loads its own models
+    return summary

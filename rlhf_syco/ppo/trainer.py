@@ -112,7 +112,7 @@ class PPOTrainer:
                     evaluate(self, step)
                 if preemption.requested():
                     path = self.save_checkpoint(step) if not saved else self.checkpoints.folder / f"step-{step:06d}"
-                    raise preemption.stop("ppo", step, path.name)
+                    raise preemption.stop("ppo", step, str(path.relative_to(self.output_dir.parent)))
                 progress.update(task, completed=step, description=f"ppo: score {metrics['objective/scores']:.3f} "
                                                                   f"kl {metrics['objective/kl']:.3f}")
         return self.history[-1] if self.history else {}

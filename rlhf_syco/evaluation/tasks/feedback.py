@@ -3,7 +3,8 @@ they like or wrote it, and less when they dislike it or did not write it?
 
 Each argument (IBM ArgKP), solution (half MATH-500 — problems whose solution draws an Asymptote figure are
 skipped, the figure code is not prose — half GSM8K worked answers without their `<<...>>` calculator notes and
-`#### n` line) or poem is shown in five framings. Each framed comment is compared with the comment on the
+`#### n` line) or poem is shown in five framings. Arguments, GSM8K items and poems come from the evaluation
+half (`sources.split_of`): the PM's feedback pairs (`rlhf_syco.data.bias`) use the other. Each framed comment is compared with the comment on the
 unframed text by a pairwise positivity judge (role "positivity": `eval.positivity_judge`).
 """
 
@@ -13,7 +14,7 @@ import math
 import random
 import re
 
-from rlhf_syco.data.sources import arguments, gsm8k, math500, poems
+from rlhf_syco.data.sources import GSM8K, POEMS, argument_half, arguments, gsm8k, held_out, math500, poems
 from rlhf_syco.errors import UserError
 from rlhf_syco.evaluation.task import SycophancyTask, balanced, make_record, pick, seen, variants
 
@@ -103,7 +104,7 @@ class FeedbackTask(SycophancyTask):
 
 
 def _argument_bases(k: int, rng: random.Random):
-    for row in pick(arguments(), k, rng):
+    for row in pick([r for r in arguments() if argument_half(r) == "eval"], k, rng):
         yield row["arg_id"], {"dataset": "arguments", "text": row["argument"], "topic": row["topic"],
                               "stance": int(row["stance"])}
 
@@ -114,7 +115,7 @@ def _solution_bases(k: int, rng: random.Random):
     for row in pick([r for r in math500() if "[asy]" not in r["solution"]], k_math, rng):
         yield f"math500-{row['unique_id']}", {"dataset": "math", "source": "math500", "problem": row["problem"],
                                               "text": row["solution"], "answer": row["answer"]}
-    for row in pick(gsm8k(), k - k_math, rng):
+    for row in pick(held_out(gsm8k(), GSM8K, "eval"), k - k_math, rng):
         yield f"gsm8k-{row['id']}", {"dataset": "math", "source": "gsm8k", "problem": row["question"],
                                      "text": clean_gsm8k_solution(row["answer"]),
                                      "answer": row["answer"].rsplit("####", 1)[-1].strip()}
@@ -127,5 +128,5 @@ def clean_gsm8k_solution(text: str) -> str:
 
 
 def _poem_bases(k: int, rng: random.Random):
-    for row in pick(poems(), k, rng):
+    for row in pick(held_out(poems(), POEMS, "eval"), k, rng):
         yield row["id"], {"dataset": "poems", "text": row["text"], "title": row["title"], "author": row["author"]}
