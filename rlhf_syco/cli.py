@@ -36,13 +36,18 @@ OverridesArg = typer.Argument(None, help="Dotted overrides such as pm.train.lr=1
 ForceOpt = typer.Option([], "--force", help=f"Redo this stage (repeatable): {', '.join(STAGES)}.")
 
 
+def _config_and_overrides(config_path: Optional[str], overrides: Optional[list[str]]) -> tuple:
+    """`CONFIG key=value ...` (CONFIG optional) -> (path or None, overrides)."""
+    args = ([config_path] if config_path else []) + list(overrides or [])
+    path = args[0] if args and "=" not in args[0] else None
+    return path, [a for a in args if a is not path]
+
+
 def _load(config_path: Optional[str], overrides: Optional[list[str]]):
     """`CONFIG key=value ...` (CONFIG optional) -> validated config."""
     from rlhf_syco.config import load_config
 
-    args = ([config_path] if config_path else []) + list(overrides or [])
-    path = args[0] if args and "=" not in args[0] else None
-    return load_config(path, [a for a in args if a is not path])
+    return load_config(*_config_and_overrides(config_path, overrides))
 
 
 def _setup(config_path: Optional[str], overrides: Optional[list[str]], force: list[str] = ()):
@@ -191,6 +196,47 @@ def submit(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = O
     else:
         console.print(f"submitted job {job_id}; logs in {run_dir / 'slurm'}")
         print(job_id)
+
+
+@app.command()
+def sweep(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
+          grid: list[str] = typer.Option([], "--grid", help="KEY=V1,V2,... (repeatable): one run per combination."),
+          seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds per grid point: seed, seed + 1, ..."),
+          retries: int = typer.Option(1, "--retries", min=0, help="Attempts after a point's first failure."),
+          cpus_per_point: Optional[float] = typer.Option(None, help="Ray CPUs per point (default: all)."),
+          use_slurm: bool = typer.Option(False, "--slurm", help="Submit a Slurm job array, one task per point."),
+          time: Optional[str] = typer.Option(None, help="Slurm: wall-clock limit per point."),
+          partition: Optional[str] = typer.Option(None), account: Optional[str] = typer.Option(None),
+          show_status: bool = typer.Option(False, "--status", help="Print each point's state; run nothing."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Slurm: write the batch script; submit nothing.")):
+    """Run the experiment at every point of a grid times seeds, one run folder each, in <name>-sweep/."""
+    from rich.table import Table
+
+    from rlhf_syco import sweep as sweeps
+
+    base, folder, configs = sweeps.points(*_config_and_overrides(config, overrides), sweeps.parse_grid(grid), seeds)
+    if show_status:
+        outcome = sweeps.status(folder, configs)
+    else:
+        paths = sweeps.write_points(folder, sweeps.parse_grid(grid), seeds, configs)
+        if use_slurm:
+            job = sweeps.submit_array(base, folder, configs, retries, dry_run=dry_run, time=time,
+                                      partition=partition, account=account)
+            if dry_run:
+                print((folder / "slurm" / "sweep.sbatch").read_text())
+            else:
+                console.print(f"submitted job array {job} ({len(configs)} points); logs in {folder / 'slurm'}")
+                print(job)
+            return
+        outcome = sweeps.run_local(folder, configs, paths, retries, cpus_per_point)
+    table = Table("point", "state", title=f"sweep {folder}")
+    for name, state in outcome.items():
+        table.add_row(name, state)
+    console.print(table)
+    failed = [name for name, state in outcome.items() if state.startswith("failed")]
+    if failed and not show_status:
+        raise UserError(f"{len(failed)} of {len(configs)} points failed: {', '.join(failed)} (see "
+                        f"{folder / 'sweep.json'}); run the same command again to resume them")
 
 
 @app.command("show-config")

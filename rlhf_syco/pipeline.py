@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 
 from rich.markup import escape
 
@@ -210,10 +211,14 @@ def _ray(config, stages: list[str]):
     address = config.compute.ray_address or os.environ.get("RAY_ADDRESS")
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
     options = {"include_dashboard": False, "logging_level": logging.ERROR, "runtime_env": {"env_vars": env}}
-    if address:
-        ray.init(address=address, **options)
-    else:  # "local": never attach to another Ray found on this machine
-        ray.init(address="local", num_cpus=os.cpu_count(), **options)
+    try:
+        if address:
+            ray.init(address=address, **options)
+        else:  # "local": never attach to another Ray found on this machine
+            ray.init(address="local", num_cpus=os.cpu_count(), **options)
+    except (SystemExit, KeyboardInterrupt) as e:  # SIGTERM (Ray's own handler exits) or SIGINT while Ray starts
+        ray.shutdown()
+        raise preemption.at_once(signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM) from None
     try:
         _check_fits(config, stages)
         yield
