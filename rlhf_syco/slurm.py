@@ -67,13 +67,12 @@ def render(config, run_dir: RunDir, *, nodes: int | None = None, gpus_per_node: 
                        partition=partition, account=account, sbatch_options=sbatch_options)
     workers_per_node = math.ceil(config.compute.num_workers / job.nodes)
     cpus = job.cpus_per_node or math.ceil((config.compute.cpus_per_worker or 1) * workers_per_node)
-    options = [f"--{key}={value}" for key, value in (("partition", job.partition), ("account", job.account),
-                                                     ("gpus-per-node", job.gpus_per_node)) if value]
+    options = placement_options(job)
     folder = Path(run_dir.path).resolve() / "slurm"
     return _Template(TEMPLATE.read_text()).substitute(
         job_name=f"rlhf-syco-{config.name}", nodes=job.nodes, cpus_per_node=cpus, time=job.time,
         workdir=os.getcwd(), log_dir=folder,
-        sbatch_options="\n".join(f"#SBATCH {option}" for option in options + job.sbatch_options),
+        sbatch_options="\n".join(f"#SBATCH {option}" for option in options),
         venv_bin=shlex.quote(str(Path(sys.executable).parent)),  # not resolved: a venv's python is a link
         gpus_per_node=job.gpus_per_node, config=shlex.quote(str(folder / "config.yaml")),
         resume="--resume" if resume else "",
@@ -87,8 +86,17 @@ def submit(config, run_dir: RunDir, *, dry_run: bool = False, **job) -> str | No
     folder = Path(run_dir.path) / "slurm"
     atomic_write(folder / "config.yaml", yaml.safe_dump(config.dump(), sort_keys=False))
     script = atomic_write(folder / "job.sbatch", render(config, run_dir, **job))
-    if dry_run:
-        return None
+    return None if dry_run else sbatch(script)
+
+
+def placement_options(job: SlurmConfig) -> list[str]:
+    """The `#SBATCH` options of a job's partition, account, GPUs and `sbatch_options`."""
+    return [f"--{key}={value}" for key, value in (("partition", job.partition), ("account", job.account),
+                                                  ("gpus-per-node", job.gpus_per_node)) if value] + job.sbatch_options
+
+
+def sbatch(script: Path) -> str:
+    """Submit `script`; the job id."""
     try:
         done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     except FileNotFoundError:

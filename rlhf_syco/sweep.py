@@ -201,30 +201,17 @@ exit "$status"
 
 def submit_array(base, folder: Path, configs: list, retries: int, dry_run: bool = False, **job) -> str | None:
     """`slurm/sweep.sbatch` (one array task per point) submitted with sbatch; the job id (None if `dry_run`)."""
-    import subprocess
-
-    from rlhf_syco.slurm import job_settings
+    from rlhf_syco.slurm import job_settings, placement_options, sbatch
 
     settings = job_settings(base, **job)
-    options = [f"--{key}={value}" for key, value in (("partition", settings.partition),
-                                                     ("account", settings.account),
-                                                     ("gpus-per-node", settings.gpus_per_node)) if value]
     script = ARRAY_SCRIPT.format(
         job_name=f"rlhf-syco-sweep-{base.name}", last=len(configs) - 1, time=settings.time,
         cpus=settings.cpus_per_node or max(1, int(base.compute.cpus_per_worker or 1)), workdir=os.getcwd(),
         log_dir=(folder / "slurm").resolve(), venv_bin=shlex.quote(str(Path(sys.executable).parent)),
         folder=shlex.quote(str(folder.resolve())), attempts=retries + 1, retries=retries,
-        options="\n".join(f"#SBATCH {o}" for o in options + settings.sbatch_options))
+        options="\n".join(f"#SBATCH {o}" for o in placement_options(settings)))
     path = atomic_write(folder / "slurm" / "sweep.sbatch", script)
-    if dry_run:
-        return None
-    try:
-        done = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
-    except FileNotFoundError:
-        raise UserError("sbatch not found: submit from a Slurm login node") from None
-    if done.returncode:
-        raise UserError(f"sbatch refused {path}: {done.stderr.strip()}")
-    return done.stdout.strip().split(";")[0]
+    return None if dry_run else sbatch(path)
 
 
 def status(folder: Path, configs: list) -> dict[str, str]:

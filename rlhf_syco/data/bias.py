@@ -190,7 +190,7 @@ FEEDBACK = {
                  "Not good. The {noun} is weak throughout.",
                  "A flawed {noun}, confusing and unconvincing.")),
 }
-MAX_TEXT_CHARS = 600  # texts the PM reads whole at its default 256 tokens
+MAX_TEXT_CHARS = 450  # texts the PM reads whole at its default 256 tokens, and short PPO prompts
 
 
 def excerpt(poem: str) -> str:

@@ -1,6 +1,6 @@
 """PPO checkpoints: written whole or not at all, pruned to the newest few, resumed from the newest complete one.
 
-`ppo/checkpoints/step-NNNNNN/`:
+`ppo/<arm>/checkpoints/step-NNNNNN/`:
 - `policy/` and `value/`: `save_pretrained` folders (safetensors + tokenizer), loadable with `from_pretrained`;
 - `state/`: accelerate's `save_state` (optimizer, LR scheduler, every process's RNG states; DeepSpeed's sharded
   model and optimizer states under ZeRO);

@@ -158,8 +158,8 @@ class SycophancyEvaluation:
 
         curves, paired, rewards = [], [], []
         drawn = {}  # each type's headline as chosen on the untrained policy (step 0), kept for every step and arm
-        for k, arm in enumerate(self.arms):
-            others = self.arms[k + 1:k + 2]  # the next arm: pm - pm_nonsyco for [pm, pm_nonsyco]
+        for index, arm in enumerate(self.arms):
+            others = self.arms[index + 1:index + 2]  # the next arm: pm - pm_nonsyco for [pm, pm_nonsyco]
             for path in sorted((self.root / arm / "eval").glob("step-*/metrics.json")):
                 m = read_json(path)
                 for name, metrics in m["sycophancy"].items():

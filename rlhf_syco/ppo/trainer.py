@@ -211,7 +211,7 @@ class PPOTrainer:
     # ----------------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self, step: int) -> Path:
-        """`ppo/checkpoints/step-NNNNNN/` with this step's weights, optimizer, RNG and KL coefficient."""
+        """`ppo/<arm>/checkpoints/step-NNNNNN/` with this step's weights, optimizer, RNG and KL coefficient."""
         return self.checkpoints.save(step, self.model, self.tokenizer, {"kl_coef": self.kl_ctl.value})
 
     def resume(self) -> int:
