@@ -257,8 +257,8 @@ def finish(process: subprocess.Popen, timeout: float = 300) -> str:
     return output
 
 
-def metrics_rows(run_dir) -> list[dict]:
-    rows = [json.loads(line) for line in (Path(run_dir) / "ppo" / "rule" / "metrics.jsonl").read_text().splitlines()]
+def metrics_rows(run_dir, arm="rule") -> list[dict]:
+    rows = [json.loads(line) for line in (Path(run_dir) / "ppo" / arm / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
@@ -356,7 +356,7 @@ def test_deepspeed_zero_with_two_gloo_processes(tmp_path, zero):
     # (DeepSpeed compiles its CPU op once per session into conftest's private TORCH_EXTENSIONS_DIR.)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     finish(stage_process(config, tmp_path, launcher), timeout=600)
-    rows = metrics_rows(config.run_dir)
+    rows = metrics_rows(config.run_dir, arm="pm")
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss/policy"]) for r in rows)
     checkpoint = config.run_dir / "ppo" / "pm" / "checkpoints" / "step-000002"
     shards = sorted(p.name for p in (checkpoint / "state" / "pytorch_model").glob("zero_pp_rank_*_optim_states.pt"))

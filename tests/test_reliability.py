@@ -88,7 +88,7 @@ def only_remote(spec: str) -> list[str]:
     """Overrides making an `http` reward model named remote the one every stage scores with (beside the PM
     that PM training measures)."""
     return ['reward_models.pm={type: hf, path: "{run_dir}/pm/model"}', f"reward_models.remote={spec}",
-            "probe.reward_models=[remote]", "bon.reward_models=[remote]", "ppo.reward_model=remote"]
+            "probe.reward_models=[remote]", "bon.reward_models=[remote]", "ppo.reward_models=[remote]"]
 
 
 def remote_reward_model(tmp_path, url, **options):
