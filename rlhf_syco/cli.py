@@ -191,11 +191,7 @@ def submit(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = O
     cfg, run_dir = _setup(config, overrides)
     job_id = slurm.submit(cfg, run_dir, dry_run=dry_run, nodes=nodes, gpus_per_node=gpus_per_node, time=time,
                           partition=partition, account=account)
-    if dry_run:
-        print((run_dir / "slurm" / "job.sbatch").read_text())
-    else:
-        console.print(f"submitted job {job_id}; logs in {run_dir / 'slurm'}")
-        print(job_id)
+    _submitted(job_id, run_dir / "slurm" / "job.sbatch", "job")
 
 
 @app.command()
@@ -214,19 +210,16 @@ def sweep(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = Ov
 
     from rlhf_syco import sweep as sweeps
 
-    base, folder, configs = sweeps.points(*_config_and_overrides(config, overrides), sweeps.parse_grid(grid), seeds)
+    values = sweeps.parse_grid(grid)
+    base, folder, configs = sweeps.points(*_config_and_overrides(config, overrides), values, seeds)
     if show_status:
         outcome = sweeps.status(folder, configs)
     else:
-        paths = sweeps.write_points(folder, sweeps.parse_grid(grid), seeds, configs)
+        paths = sweeps.write_points(folder, values, seeds, configs)
         if use_slurm:
             job = sweeps.submit_array(base, folder, configs, retries, dry_run=dry_run, time=time,
                                       partition=partition, account=account)
-            if dry_run:
-                print((folder / "slurm" / "sweep.sbatch").read_text())
-            else:
-                console.print(f"submitted job array {job} ({len(configs)} points); logs in {folder / 'slurm'}")
-                print(job)
+            _submitted(job, folder / "slurm" / "sweep.sbatch", f"job array ({len(configs)} points)")
             return
         outcome = sweeps.run_local(folder, configs, paths, retries, cpus_per_point)
     table = Table("point", "state", title=f"sweep {folder}")
@@ -237,6 +230,15 @@ def sweep(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = Ov
     if failed and not show_status:
         raise UserError(f"{len(failed)} of {len(configs)} points failed: {', '.join(failed)} (see "
                         f"{folder / 'sweep.json'}); run the same command again to resume them")
+
+
+def _submitted(job_id: str | None, script: Path, what: str) -> None:
+    """The batch script of a dry run, or the submitted job's id (printed last, for scripts to read)."""
+    if job_id is None:
+        print(script.read_text())
+    else:
+        console.print(f"submitted {what} {job_id}; logs in {script.parent}")
+        print(job_id)
 
 
 @app.command("show-config")

@@ -6,7 +6,7 @@ the configured Ray cluster) or as a Slurm job array.
 The sweep folder `<runs_dir>/<name>-sweep/` holds `sweep.json` (the grid, the points and how each one ended),
 `points/NNN.yaml` (each point's whole config: what a Slurm array task runs) and one run folder per point, named
 by its values (`beta=0.5_seed=1`). Seeds are `seed`, `seed + 1`, ... The points share the sweep folder's store
-(`rundir.SHARED`), so the policy's best-of-N pool and its judgments, which do not depend on the PM, are sampled
+(`cache.SHARED`), so the policy's best-of-N pool and its judgments, which do not depend on the PM, are sampled
 and judged once per seed. A finished point (every stage done) is skipped; a point that fails is run again
 `retries` times, resuming from its checkpoints, and then reported as failed without stopping the others.
 """

@@ -7,9 +7,9 @@ import os
 import pytest
 
 from rlhf_syco.config import EXPERIMENTS_DIR, load_config
+from rlhf_syco.cache import cached, load_cached
 from rlhf_syco.errors import UserError
-from rlhf_syco.rundir import (RunDir, atomic_path, atomic_write, cached, load_cached, newest_intact, redact, seal,
-                              seal_damage)
+from rlhf_syco.rundir import RunDir, atomic_path, atomic_write, newest_intact, redact, seal, seal_damage
 from rlhf_syco.stages import open_run
 
 

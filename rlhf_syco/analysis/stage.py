@@ -27,11 +27,12 @@ import pandas as pd
 
 from rlhf_syco.analysis.features import FEATURES, LLMLabeller, make_chooser
 from rlhf_syco.analysis.regression import accuracy, fit, sampler
+from rlhf_syco.cache import cached
 from rlhf_syco.errors import UserError
 from rlhf_syco.evaluation.metrics import wilson_interval
 from rlhf_syco.plots import preference_features_figure
 from rlhf_syco.progress import console, progress_bar
-from rlhf_syco.rundir import RunDir, atomic_path, cached, fingerprint, read_json, read_jsonl, write_json
+from rlhf_syco.rundir import RunDir, atomic_path, fingerprint, read_json, read_jsonl, write_json
 
 FEATURES_FILE, SUMMARY_FILE = "preference_features.csv", "preference_analysis.json"
 KNOWN_TRUTH = "answer"  # the source whose labeler rule is known exactly: its reply styles differ in no other way

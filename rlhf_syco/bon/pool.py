@@ -1,6 +1,6 @@
 """Best-of-N's inputs: the sample pool drawn once from the policy, and its scores under every reward model.
 
-Every piece is cached under `bon/` (`rundir.cached`: keyed by the fingerprint of what it depends on), so an
+Every piece is cached under `bon/` (`cache.cached`: keyed by the fingerprint of what it depends on), so an
 interrupted run resumes at the first missing piece, and adding a reward model to a finished run scores only it.
 
 - `pool/<type>/context.jsonl`: for a task with follow-up turns, one reply per record to every turn before the
@@ -14,7 +14,7 @@ interrupted run resumes at the first missing piece, and adding a reward model to
 - `scores/<reward model>/<type>/shard-00000.json`: every sample's score.
 
 The pool, context and probe turns depend only on the policy, prompts, sampling settings and seed, so with
-`bon.share_pool` they are also kept in the runs folder's shared store (`rundir.SHARED`): runs that differ only
+`bon.share_pool` they are also kept in the runs folder's shared store (`cache.SHARED`): runs that differ only
 in their PM (a β sweep) sample once. Scores depend on the reward model and stay with their run.
 """
 
@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from reward_models import resolved_spec
+from rlhf_syco.cache import SHARED, load_cached, store_cached
 from rlhf_syco.config import ExperimentConfig
 from rlhf_syco.evaluation import suite
 from rlhf_syco.fanout import Workers
 from rlhf_syco.generation import derive_seed
 from rlhf_syco.models import build_reward_models
 from rlhf_syco.progress import progress_bar
-from rlhf_syco.rundir import SHARED, RunDir, fingerprint, load_cached, store_cached
+from rlhf_syco.rundir import RunDir, fingerprint
 
 
 def sampling(config: ExperimentConfig):

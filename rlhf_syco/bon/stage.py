@@ -54,6 +54,7 @@ from rich.table import Table
 
 from rlhf_syco.bon import pool
 from rlhf_syco.bon.estimator import best_of_n, kl_bon, kl_plugin
+from rlhf_syco.cache import cached
 from rlhf_syco.config import ExperimentConfig
 from rlhf_syco.evaluation import suite
 from rlhf_syco.evaluation.metrics import bootstrap_ci, choose_headline, paired_difference, summarize
@@ -62,7 +63,7 @@ from rlhf_syco.fanout import Workers
 from rlhf_syco.generation import make_generator
 from rlhf_syco.models import build_reward_models
 from rlhf_syco.progress import console, progress_bar
-from rlhf_syco.rundir import RunDir, atomic_path, cached, fingerprint, write_json, write_jsonl
+from rlhf_syco.rundir import RunDir, atomic_path, fingerprint, write_json, write_jsonl
 
 CURVES_FILE, METRICS_FILE, PAIRED_FILE, REWARDS_FILE = "bon_curves.csv", "bon_metrics.csv", "bon_paired.csv", \
     "bon_rewards.csv"

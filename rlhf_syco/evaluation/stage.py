@@ -3,7 +3,7 @@
 Writes, under the run folder:
 - `eval/data/<type>.jsonl`: the records evaluated (built from the shipped sources, or read from
   `eval.official_files`);
-- `eval/replies_<type>.jsonl`: the replies, one row per record, cached (`rundir.cached`) under the
+- `eval/replies_<type>.jsonl`: the replies, one row per record, cached (`cache.cached`) under the
   fingerprint of what they depend on (model, generation settings, budget, follow-up turns, records, seed), so
   a rerun generates nothing and a changed setting never mixes old and new replies;
 - `eval/judged_<type>.parquet`: one row of judgments per record, with the replies;
@@ -26,9 +26,9 @@ from rich.table import Table
 from rlhf_syco.config import ExperimentConfig
 from rlhf_syco.evaluation import suite
 from rlhf_syco.generation import make_generator
+from rlhf_syco.cache import load_cached, store_cached
 from rlhf_syco.progress import console, progress_bar
-from rlhf_syco.rundir import (RunDir, atomic_path, fingerprint, load_cached, read_jsonl, store_cached, write_json,
-                              write_jsonl)
+from rlhf_syco.rundir import RunDir, atomic_path, fingerprint, read_jsonl, write_json, write_jsonl
 
 SUMMARY_FILE, BUDGET_FILE = "eval_summary.jsonl", "eval_budget.json"
 
