@@ -232,6 +232,17 @@ def sweep(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = Ov
                         f"{folder / 'sweep.json'}); run the same command again to resume them")
 
 
+@app.command()
+def report(folders: list[Path] = typer.Argument(..., help="Run folders or sweep folders (<name>-sweep/)."),
+           out: Path = typer.Option(Path("report"), "-o", "--out", help="Output folder.")):
+    """Figures, pooled tables and report.md across runs: sycophancy vs n and vs RL steps per group (a sweep's
+    grid values, seeds pooled), the paired PM - non-sycophantic PM differences, the findings and gold fits."""
+    from rlhf_syco import report as reports
+
+    made = reports.build(folders, out)
+    console.print(f"report of {made['runs']} runs in {made['groups']} groups: {out / 'report.md'}")
+
+
 def _submitted(job_id: str | None, script: Path, what: str) -> None:
     """The batch script of a dry run, or the submitted job's id (printed last, for scripts to read)."""
     if job_id is None:
@@ -301,11 +312,11 @@ def main() -> None:
         console.print(f"[red]error:[/red] {cause.filename or 'a file'}: no space left on the device (nothing "
                       f"half-written is kept: free space and run again to resume)", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         sys.exit(130)
-    except click.exceptions.ClickException as e:
+    except (click.exceptions.ClickException, typer.TyperException) as e:  # recent typer vendors its own click
         e.show()
-        sys.exit(e.exit_code)
+        sys.exit(getattr(e, "exit_code", 2))
 
 
 def _exit_distributed() -> None:

@@ -11,6 +11,8 @@ Tables read (written by the stages):
 - `results/ppo_curves.csv`: arm, step, kl, type, metric, value, ci_low, ci_high, reason (why a value is missing)
 - `results/ppo_paired.csv`: arm, minus, step, kl, type, metric, value, ci_low, ci_high (the arms' differences
   drawn in a second row, as best-of-N's)
+- `results/bon_gold.csv`, `ppo_gold.csv` and their `_fits.csv`: the gold rate and the proxy reward against
+  sqrt(KL), with Gao et al.'s fitted forms (`overoptimization.py`)
 - `results/preference_features.csv` (stage `analyze`): subset, feature, measurable, p_preferred, p_low, p_high
 
 Every headline reads the same way (higher = more sycophantic), and each panel's axis says so.
@@ -32,9 +34,10 @@ UP = "\u2191 more sycophantic"
 
 
 def panel_figure(rows: pd.DataFrame, x: str, x_label: str, series: str | None, title: str, out: Path,
-                 log2_x: bool = False, paired: pd.DataFrame | None = None) -> Path:
+                 log2_x: bool = False, paired: pd.DataFrame | None = None, difference: bool = False) -> Path:
     """One panel per sycophancy type: `value` against `x` with its CI band, one line per `series` value; with
-    `paired`, a second row of panels with the paired differences (one line per pair)."""
+    `paired`, a second row of panels with the paired differences (one line per pair); `difference`: the rows
+    are differences themselves (a line at 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +55,8 @@ def panel_figure(rows: pd.DataFrame, x: str, x_label: str, series: str | None, t
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
     flat = list(axes.flat)
     for ax, eval_type in zip(flat, types):
-        _panel(ax, rows[rows["type"] == eval_type], eval_type, x, x_label, series, log2_x, reasons[eval_type])
+        _panel(ax, rows[rows["type"] == eval_type], eval_type, x, x_label, series, log2_x, reasons[eval_type],
+               difference=difference)
     if paired is not None:
         for ax, eval_type in zip(axes[1], types):
             _panel(ax, paired[paired["type"] == eval_type], eval_type, x, x_label, "pair", log2_x, difference=True)
@@ -109,6 +113,50 @@ def preference_features_figure(rows: pd.DataFrame, out: Path) -> Path:
         ax.grid(alpha=0.3, axis="x")
     axes[0][0].invert_yaxis()  # the first feature on top (the axes share y)
     fig.suptitle("What predicts preference (Bayesian logistic regression, 95% intervals)")
+    return _save(fig, rows, out)
+
+
+def gold_figure(rows: pd.DataFrame, fits: pd.DataFrame, series: str, title: str, out: Path) -> Path:
+    """Gao et al.'s Fig. 1 per sycophancy type: the gold rate (with its CI and the fitted form, dashed) and the
+    proxy reward it was selected or trained on, both against sqrt(KL); one line per `series`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlhf_syco.overoptimization import predict
+
+    present = set(rows["type"])
+    types = [t for t in PANEL_ORDER if t in present] + sorted(present - set(PANEL_ORDER))
+    fig, axes = plt.subplots(2, len(types), figsize=(4.2 * len(types), 6.4), squeeze=False)
+    fitted = fits.set_index(["type", series]) if not fits.empty else None
+    for column, eval_type in enumerate(types):
+        gold_ax, proxy_ax = axes[0][column], axes[1][column]
+        panel = rows[rows["type"] == eval_type]
+        for index, (name, line) in enumerate(panel.groupby(series, sort=True)):
+            line, colour = line.sort_values("sqrt_kl"), f"C{index}"
+            drawn = line.dropna(subset=["gold"])
+            gold_ax.plot(drawn["sqrt_kl"], drawn["gold"], marker="o", markersize=3, color=colour, label=name)
+            gold_ax.fill_between(drawn["sqrt_kl"], drawn["ci_low"], drawn["ci_high"], alpha=0.2, color=colour)
+            fit = fitted.loc[(eval_type, name)] if fitted is not None and (eval_type, name) in fitted.index else None
+            if fit is not None and pd.notna(fit["alpha"]) and len(drawn):
+                d = np.linspace(0, line["sqrt_kl"].max(), 50)
+                start = float(drawn.loc[drawn["sqrt_kl"].idxmin(), "gold"])
+                gold_ax.plot(d, start + predict(fit["form"], d, fit["alpha"], fit["beta"]), "--", color=colour,
+                             linewidth=1, label=f"{name}: α {fit['alpha']:.2f}, β {fit['beta']:.2f}")
+            proxy_ax.plot(line["sqrt_kl"], line["proxy"], marker="o", markersize=3, color=colour, label=name)
+        if panel["gold"].isna().all():
+            gold_ax.text(0.5, 0.5, _reason(panel.rename(columns={"gold": "value"})), ha="center", va="center",
+                         transform=gold_ax.transAxes, fontsize=8)
+        gold_ax.set_title(f"{eval_type}: gold", fontsize=10)
+        gold_ax.set_ylabel("gold rate (↑ truthful, unswayed)", fontsize=8)
+        proxy_ax.set_title(f"{eval_type}: proxy", fontsize=10)
+        proxy_ax.set_ylabel("proxy reward (the optimized RM's score)", fontsize=8)
+        for ax in (gold_ax, proxy_ax):
+            ax.set_xlabel("√KL (nats½)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
     return _save(fig, rows, out)
 
 
@@ -171,6 +219,12 @@ def run(config, run_dir) -> dict:
         made["ppo_vs_kl"] = panel_figure(rows, "kl", "KL to the reference policy (nats)", "arm",
                                          "Sycophancy vs KL (PPO), by the reward model optimized against",
                                          out / "ppo_vs_kl.png", paired=paired)
+    for method, series, title in (("bon", "reward_model", "Gold vs proxy reward under best-of-N selection"),
+                                  ("ppo", "arm", "Gold vs proxy reward along PPO, by the reward model optimized against")):
+        gold, fits = results / f"{method}_gold.csv", results / f"{method}_gold_fits.csv"
+        if gold.exists() and gold.stat().st_size > 1:
+            made[f"{method}_gold"] = gold_figure(pd.read_csv(gold), pd.read_csv(fits), series, title,
+                                                 out / f"{method}_gold.png")
     features = results / "preference_features.csv"
     if features.exists():
         made["preference_features"] = preference_features_figure(pd.read_csv(features),

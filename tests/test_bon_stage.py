@@ -121,8 +121,20 @@ def test_curves_follow_the_hand_computed_selection_probabilities(tmp_path, scrip
     assert rewards.loc[("mimicry", "contrary", "special", 2), "mean_reward"] == 0.0
     assert rewards.loc[("mimicry", "special", "special", 2), "mean_reward"] == pytest.approx(0.5)
 
+    gold = pd.read_csv(tmp_path / "results" / "bon_gold.csv").set_index(["type", "reward_model", "n"])
+    for n in (1, 2, 4):
+        p = n / N  # under `special`
+        assert gold.loc[("mimicry", "special", n), "gold"] == pytest.approx(1 - p)  # not mimicking
+        # like/wrote rows: 1 - (p + (1 - p) / 2); dislike/did-not-write rows: 1/2; as many of each
+        assert gold.loc[("feedback", "special", n), "gold"] == pytest.approx((2 - p) / 4)
+        assert gold.loc[("mimicry", "special", n), "proxy"] == pytest.approx(p)  # the sycophantic sample scores 1
+        assert gold.loc[("mimicry", "special", n), "sqrt_kl"] == pytest.approx(np.sqrt(np.log(n) - (n - 1) / n))
+    fits = pd.read_csv(tmp_path / "results" / "bon_gold_fits.csv")
+    assert (fits["form"] == "best_of_n").all() and fits["reason"].str.contains("2 points at distinct d > 0").all()
+
     figures = plots.run(cfg, tmp_path)
-    assert set(figures) == {"bon_vs_n", "bon_vs_kl"} and all(os.path.getsize(p) > 0 for p in figures.values())
+    assert set(figures) == {"bon_vs_n", "bon_vs_kl", "bon_gold"}
+    assert all(os.path.getsize(p) > 0 for p in figures.values())
 
 
 def test_are_you_sure_second_turns_follow_the_fixed_first_turn(tmp_path, scripted):

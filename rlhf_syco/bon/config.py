@@ -29,6 +29,9 @@ class BonConfig(Strict):
     # Keep the pool and its judgments in the runs folder's shared store too (`<runs_dir>/.shared/`), so runs that
     # differ only in their PM sample and judge once; the results are the same bytes either way.
     share_pool: bool = True
+    # The seed of the items and samples (None: the run's `seed`). Set, runs of different seeds share one pool, and
+    # differ only in their PM and PPO: the report pools their seeds as replicates on the same items.
+    seed: int | None = None
 
     @field_validator("types")
     @classmethod

@@ -40,6 +40,12 @@ def sampling(config: ExperimentConfig):
     return config.policy.generation.model_copy(update={"temperature": config.bon.temperature})
 
 
+def pool_seed(config: ExperimentConfig) -> int:
+    """The seed of the best-of-N items and samples: `bon.seed`, else the run's (runs of different seeds that set
+    the same `bon.seed` share one pool)."""
+    return config.seed if config.bon.seed is None else config.bon.seed
+
+
 def budget(config: ExperimentConfig, task) -> int | None:
     return suite.budget(config.eval, task, config.bon.max_new_tokens)
 
@@ -48,7 +54,7 @@ def settings(config: ExperimentConfig, task) -> dict:
     """What a task's samples depend on, besides their prompts."""
     return {"model": config.policy.model.model_dump(), "weights": weights_stamp(config.policy.model.name_or_path),
             "generation": sampling(config).model_dump(), "max_new_tokens": budget(config, task),
-            "seed": config.seed, "follow_ups": [vars(f) for f in task.follow_ups(config.eval)]}
+            "seed": pool_seed(config), "follow_ups": [vars(f) for f in task.follow_ups(config.eval)]}
 
 
 def weights_stamp(name_or_path: str) -> list | None:
@@ -75,7 +81,7 @@ def context_turns(config: ExperimentConfig, out: Path, task, records: list[dict]
     rows = load_cached(path, key, shared_store(config))
     if rows is None:
         work = {"task": task, "records": records, "settings": config.eval, "turns": range(turns), "earlier": None,
-                "seed": derive_seed(config.seed, "bon", task.name, "first"), "max_new_tokens": budget(config, task)}
+                "seed": derive_seed(pool_seed(config), "bon", task.name, "first"), "max_new_tokens": budget(config, task)}
         with progress_bar() as progress:
             progress.add_task(f"context turns {task.name}", total=None)
             replies = next(policy.map(_sample_context, [work]))
@@ -115,7 +121,7 @@ def probe_turns(config: ExperimentConfig, out: Path, tasks: dict, sets: dict, co
             repeated = [records[i] for i in rows for _ in range(config.bon.n_max)]
             earlier = [[*context[name][i], sample] for i, samples in zip(rows, shard["samples"]) for sample in samples]
             work.append({"task": task, "records": repeated, "settings": config.eval, "turns": range(first, last),
-                         "earlier": earlier, "seed": derive_seed(config.seed, "bon", name, index, "probe"),
+                         "earlier": earlier, "seed": derive_seed(pool_seed(config), "bon", name, index, "probe"),
                          "max_new_tokens": budget(config, task)})
             where.append((name, list(rows), path, key, last - first))
     with progress_bar() as progress:
@@ -163,7 +169,7 @@ def draw_pool(config: ExperimentConfig, out: Path, tasks: dict, prompts: dict[st
 
     draws = [{"conversations": [p["conversation"] for p in shard["prompts"]],
               "prefills": [p["prefill"] for p in shard["prompts"]], "max_new_tokens": budget(config, tasks[name]),
-              "calls": [(n, derive_seed(config.seed, "bon", name, index, call)) for call, n in enumerate(calls)]}
+              "calls": [(n, derive_seed(pool_seed(config), "bon", name, index, call)) for call, n in enumerate(calls)]}
              for name, index, shard in missing]
     with progress_bar() as progress:
         task = progress.add_task("best-of-n pool (shards)", total=len(missing), visible=bool(missing))

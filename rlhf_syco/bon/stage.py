@@ -14,9 +14,10 @@
    `bon_metrics.csv` (every metric, with the number of items that count), `bon_paired.csv` (for every pair of
    reward models, the difference of each headline at each n with a paired bootstrap CI: the items are
    resampled once for both, so what the two selections share cancels), `bon_rewards.csv` (the expected reward
-   of the selected sample under every reward model, per type and over all prompts) and `bon_context.json`
-   (how many reward-model inputs had to be shortened to fit) and `bon_budget.json` (how many samples ran into
-   their token budget).
+   of the selected sample under every reward model, per type and over all prompts), `bon_gold.csv` and
+   `bon_gold_fits.csv` (the gold rate of the selection beside its proxy reward against sqrt(KL), and Gao et
+   al.'s fit: `overoptimization.py`), `bon_context.json` (how many reward-model inputs had to be shortened to
+   fit) and `bon_budget.json` (how many samples ran into their token budget).
 
 Why expected judgments give the best-of-n metric exactly. Every metric is a rate or a signed sum of rates, each
 (sum of a judgment over the counted rows) / (number of counted rows). When the counted rows do not depend on which
@@ -52,6 +53,7 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
+from rlhf_syco import overoptimization
 from rlhf_syco.bon import pool
 from rlhf_syco.bon.estimator import best_of_n, kl_bon, kl_plugin
 from rlhf_syco.cache import cached
@@ -68,6 +70,7 @@ from rlhf_syco.rundir import RunDir, atomic_path, fingerprint, write_json, write
 CURVES_FILE, METRICS_FILE, PAIRED_FILE, REWARDS_FILE = "bon_curves.csv", "bon_metrics.csv", "bon_paired.csv", \
     "bon_rewards.csv"
 CONTEXT_FILE, HEADLINES_FILE, BUDGET_FILE = "bon_context.json", "bon_headlines.json", "bon_budget.json"
+GOLD_FILE, FITS_FILE = "bon_gold.csv", "bon_gold_fits.csv"
 
 
 def run(config: ExperimentConfig, run_dir: RunDir | str | Path) -> dict:
@@ -76,7 +79,7 @@ def run(config: ExperimentConfig, run_dir: RunDir | str | Path) -> dict:
     out = run_dir.stage("bon")
     build_reward_models(config, run_dir.path.resolve(), config.bon.reward_models)  # a bad path fails before sampling
     tasks = suite.tasks(config.bon.types)
-    sets = {name: suite.records(task, config.eval, config.bon.prompts_per_type, config.seed)
+    sets = {name: suite.records(task, config.eval, config.bon.prompts_per_type, pool.pool_seed(config))
             for name, task in tasks.items()}
     for name, records in sets.items():
         write_jsonl(out / "data" / f"{name}.jsonl", records)
@@ -95,13 +98,16 @@ def run(config: ExperimentConfig, run_dir: RunDir | str | Path) -> dict:
     kl = {(rm, name): np.mean([kl_plugin(samples, s, sizes) for samples, s in
                                zip((row for shard in pools[name] for row in shard["samples"]), scores[rm][name])],
                               axis=0) for rm in config.bon.reward_models for name in sets}
-    metrics, paired, chosen = _curves(config, tasks, judged, scores, sizes, kl)
+    metrics, paired, chosen, frames = _curves(config, tasks, judged, scores, sizes, kl)
     rewards = _rewards(config, sets, scores, sizes)
+    gold, fits = _gold(config, tasks, frames, sizes, rewards)
     headlines = metrics[metrics["metric"] == metrics["type"].map({name: c["metric"] for name, c in chosen.items()})]
     _write_csv(run_dir.results / CURVES_FILE, headlines.drop(columns="items"))
     _write_csv(run_dir.results / METRICS_FILE, metrics)
     _write_csv(run_dir.results / PAIRED_FILE, paired)
     _write_csv(run_dir.results / REWARDS_FILE, rewards)
+    _write_csv(run_dir.results / GOLD_FILE, gold)
+    _write_csv(run_dir.results / FITS_FILE, fits)
     write_json(run_dir.results / CONTEXT_FILE, shortened)
     write_json(run_dir.results / BUDGET_FILE, _budget_hits(config, tasks, pools))
     write_json(run_dir.results / HEADLINES_FILE, chosen)
@@ -169,17 +175,18 @@ def _judgments(config: ExperimentConfig, out: Path, task, records: list[dict], s
 
 
 def _curves(config: ExperimentConfig, tasks: dict, judged: dict, scores: dict, sizes: list[int],
-            kl: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+            kl: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
     """(one row per type, metric, reward model and n: the metric of the expected best-of-n judgments;
     one row per type, pair of reward models and n: the paired difference of the drawn headlines;
-    {type: {"metric", "reason"}}: the headline drawn, chosen on the policy's own samples, n = 1)."""
-    rows, paired, chosen = [], [], {}
+    {type: {"metric", "reason"}}: the headline drawn, chosen on the policy's own samples, n = 1;
+    {(reward model, n): {type: the expected judgments}})."""
+    rows, paired, chosen, frames = [], [], {}, {}
     bon, min_items = config.bon, config.eval.min_items
     for name, (keys, columns, values) in judged.items():
-        task, frames = tasks[name], {}
+        task = tasks[name]
         for rm in bon.reward_models:
             for n, expected in zip(sizes, best_of_n(scores[rm][name], values, sizes)):
-                frames[rm, n] = frame = keys.assign(**dict(zip(columns, expected.T)))
+                frames[name, rm, n] = frame = keys.assign(**dict(zip(columns, expected.T)))
                 stats = summarize(task, frame, bootstrap=bon.bootstrap, seed=config.seed, min_items=min_items)
                 if n == 1 and name not in chosen:
                     metric, reason = choose_headline(task, stats)
@@ -190,13 +197,36 @@ def _curves(config: ExperimentConfig, tasks: dict, judged: dict, scores: dict, s
                           "reason": v["reason"]} for metric, v in stats.items()]
         for a, b in itertools.combinations(bon.reward_models, 2):
             for n in sizes:
-                diff = paired_difference(task, chosen[name]["metric"], frames[a, n], frames[b, n],
+                diff = paired_difference(task, chosen[name]["metric"], frames[name, a, n], frames[name, b, n],
                                          bootstrap=bon.bootstrap, seed=config.seed, min_items=min_items)
                 paired.append({"type": name, "metric": chosen[name]["metric"], "reward_model": a, "minus": b, "n": n,
                                "kl_bon": float(kl_bon(n)), **{k: diff[k] for k in ("value", "ci_low", "ci_high")},
                                "items": diff["n"]})
     columns = ["type", "metric", "reward_model", "minus", "n", "kl_bon", "value", "ci_low", "ci_high", "items"]
-    return pd.DataFrame(rows), pd.DataFrame(paired, columns=columns), chosen
+    return pd.DataFrame(rows), pd.DataFrame(paired, columns=columns), chosen, frames
+
+
+def _gold(config: ExperimentConfig, tasks: dict, frames: dict, sizes: list[int],
+          rewards: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the gold rate of each type's best-of-n selection beside the selecting reward model's own mean reward
+    (the proxy), per reward model and n; Gao et al.'s best-of-n form fitted to it), for every type with a gold
+    rate (`overoptimization.py`)."""
+    rows, fits = [], []
+    d = np.sqrt([kl_bon(n) for n in sizes])
+    settings = {"bootstrap": config.bon.bootstrap, "seed": config.seed, "min_items": config.eval.min_items}
+    for name, task in tasks.items():
+        for rm in config.bon.reward_models:
+            selected = [frames[name, rm, n] for n in sizes]
+            if task.gold(selected[0]) is None:
+                break
+            own = rewards[(rewards["type"] == name) & (rewards["reward_model"] == rm) & (rewards["scored_by"] == rm)]
+            proxy = own.set_index("n")["mean_reward"]
+            rows += [{"type": name, "reward_model": rm, "n": n, "kl_bon": float(kl_bon(n)), "sqrt_kl": float(root),
+                      **stats, "proxy": float(proxy[n])}
+                     for n, root, stats in zip(sizes, d, overoptimization.gold_rows(task, selected, **settings))]
+            fits.append({"type": name, "reward_model": rm,
+                         **overoptimization.fit("best_of_n", d, task, selected, **settings)})
+    return (pd.DataFrame(rows), pd.DataFrame(fits, columns=["type", "reward_model", *overoptimization.FIT_COLUMNS]))
 
 
 def _rewards(config: ExperimentConfig, sets: dict, scores: dict, sizes: list[int]) -> pd.DataFrame:

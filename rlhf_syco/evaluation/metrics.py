@@ -71,15 +71,19 @@ def summarize(task, judged: pd.DataFrame, *, bootstrap: int = 1000, seed: int = 
               min_items: int = MIN_ITEMS) -> dict:
     """{metric: {"value", "ci_low", "ci_high", "n", "measurable", "reason"}} for one task's judged rows;
     n = items that count."""
-    out = {}
-    for name, metric in task.metrics(judged).items():
-        metric = metric if isinstance(metric, Metric) else Metric(metric)
-        stats = _estimate(judged, metric.terms, bootstrap, seed)
-        reason = _unmeasurable(judged, metric, stats["n"], min_items)
-        if reason:
-            stats.update(value=float("nan"), ci_low=float("nan"), ci_high=float("nan"))
-        out[name] = {**stats, "measurable": reason is None, "reason": reason}
-    return out
+    return {name: measure(judged, metric, bootstrap=bootstrap, seed=seed, min_items=min_items)
+            for name, metric in task.metrics(judged).items()}
+
+
+def measure(judged: pd.DataFrame, metric: Metric | list[Term], *, bootstrap: int = 1000, seed: int = 0,
+            min_items: int = MIN_ITEMS) -> dict:
+    """One metric's {"value", "ci_low", "ci_high", "n", "measurable", "reason"} (see `summarize`)."""
+    metric = metric if isinstance(metric, Metric) else Metric(metric)
+    stats = _estimate(judged, metric.terms, bootstrap, seed)
+    reason = _unmeasurable(judged, metric, stats["n"], min_items)
+    if reason:
+        stats.update(value=float("nan"), ci_low=float("nan"), ci_high=float("nan"))
+    return {**stats, "measurable": reason is None, "reason": reason}
 
 
 def _unmeasurable(judged: pd.DataFrame, metric: Metric, n: int, min_items: int) -> str | None:
@@ -110,7 +114,7 @@ def paired_difference(task, metric: str, a: pd.DataFrame, b: pd.DataFrame, *, bo
     per_item, statistic = [], []
     for judged in (a, b):
         chosen = task.metrics(judged)[metric]
-        matrix, stat = _per_item(judged, chosen.terms if isinstance(chosen, Metric) else chosen)
+        matrix, stat = per_item_totals(judged, chosen.terms if isinstance(chosen, Metric) else chosen)
         per_item.append(matrix)
         statistic.append(stat)
     if any(m is None for m in per_item) or not per_item[0].index.equals(per_item[1].index) \
@@ -127,7 +131,7 @@ def paired_difference(task, metric: str, a: pd.DataFrame, b: pd.DataFrame, *, bo
     return {"value": value, "ci_low": low, "ci_high": high, "n": len(joint)}
 
 
-def _per_item(judged: pd.DataFrame, terms: list[Term]):
+def per_item_totals(judged: pd.DataFrame, terms: list[Term]):
     """(per-item sums: for each term, the counted values' sum and the number of counted rows, indexed by item;
     the statistic of summed totals), or (None, None) when some term has no counted row. NaN values are not
     counted; items with no counted row in any term take no part, not even in the resampling."""
@@ -149,7 +153,7 @@ def _per_item(judged: pd.DataFrame, terms: list[Term]):
 
 
 def _estimate(judged: pd.DataFrame, terms: list[Term], n_boot: int, seed: int) -> dict:
-    per_item, statistic = _per_item(judged, terms)
+    per_item, statistic = per_item_totals(judged, terms)
     if per_item is None:  # some rate has no rows at all (also: no items)
         return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
     per_item = per_item.to_numpy()

@@ -9,7 +9,9 @@ reward model `<arm>` (`metrics.json`, judged replies). Rebuilt from every arm's 
   that arm: `pm` − `pm_nonsyco` with `ppo.reward_models: [pm, pm_nonsyco]`), with a paired bootstrap CI over
   the same items (every arm answers the same records with the same seeds);
 - `results/ppo_rewards.csv` (arm, step, kl, reward_model, mean_reward): every reward model's mean score of the
-  arm's replies to held-out RL prompts.
+  arm's replies to held-out RL prompts;
+- `results/ppo_gold.csv` and `ppo_gold_fits.csv`: each type's gold rate at every evaluated step beside the
+  arm's proxy reward, against sqrt(KL), and Gao et al.'s RL form fitted to it (`overoptimization.py`).
 """
 
 from __future__ import annotations
@@ -179,6 +181,32 @@ class SycophancyEvaluation:
                                        "metric": headline, **stats})
                 rewards += [{"arm": arm, "step": m["step"], "kl": m["kl"], "reward_model": name, "mean_reward": value}
                             for name, value in m["rewards"].items()]
-        for file, rows in (("ppo_curves.csv", curves), ("ppo_paired.csv", paired), ("ppo_rewards.csv", rewards)):
+        gold, fits = self._gold(judged)
+        for file, rows in (("ppo_curves.csv", curves), ("ppo_paired.csv", paired), ("ppo_rewards.csv", rewards),
+                           ("ppo_gold.csv", gold), ("ppo_gold_fits.csv", fits)):
             with atomic_path(self.results / file) as tmp:
                 pd.DataFrame(rows).to_csv(tmp, index=False)
+
+    def _gold(self, judged) -> tuple[list[dict], list[dict]]:
+        """Per arm and type with a gold rate: the gold rate at each evaluated step beside the arm's own reward
+        model's mean reward (the proxy), and Gao et al.'s RL form fitted against d = sqrt(KL) (KL clipped at 0:
+        the estimate is unbiased, so it can dip below 0 near the start)."""
+        import numpy as np
+
+        from rlhf_syco import overoptimization
+
+        settings = {"bootstrap": self.config.eval.bootstrap, "seed": self.config.seed,
+                    "min_items": self.config.eval.min_items}
+        gold, fits = [], []
+        for arm in self.arms:
+            evals = [read_json(p) for p in sorted((self.root / arm / "eval").glob("step-*/metrics.json"))]
+            d = np.sqrt(np.clip([m["kl"] for m in evals], 0.0, None))
+            for name, task in self.tasks.items():
+                frames = [judged(arm, m["step"], name) for m in evals]
+                if not frames or task.gold(frames[0]) is None:
+                    continue
+                gold += [{"arm": arm, "step": m["step"], "kl": m["kl"], "sqrt_kl": float(root), "type": name, **stats,
+                          "proxy": m["rewards"].get(arm)}
+                         for m, root, stats in zip(evals, d, overoptimization.gold_rows(task, frames, **settings))]
+                fits.append({"arm": arm, "type": name, **overoptimization.fit("rl", d, task, frames, **settings)})
+        return gold, fits

@@ -1,0 +1,263 @@
+"""`rlhf-syco report RUN_OR_SWEEP_DIR... [-o report/]`: figures, tables and a Markdown report across runs, read
+from each run's `results/` only.
+
+Runs are grouped by the config values that differ between them, seeds aside (a beta sweep: one group per beta,
+labelled `beta=0.95`); a sweep folder stands for all of its points. Within a group, each run's estimate and its
+95% CI are pooled over the seeds (`pool`). Written to the output folder:
+
+- `bon_curves.csv`, `bon_paired.csv`, `ppo_curves.csv`, `ppo_paired.csv`: the runs' tables pooled per group
+  (columns as in `results/`, plus `group` and `runs`, the number of runs with a value);
+- `findings.csv`: per group and type, the PM - non-sycophantic PM difference at the largest n (best-of-N) and at
+  the last step (PPO), and whether its CI excludes 0;
+- `gold_fits.csv`: every run's Gao et al. fits (`overoptimization.py`), not pooled;
+- `runs.csv`: each run, its group and seed;
+- the figures (`bon_vs_n.png`, `bon_paired_vs_n.png`, `ppo_vs_step.png`, `ppo_vs_kl.png`, `ppo_paired_vs_step.png`,
+  each with the CSV of the rows it draws) and `report.md`, which links them.
+
+Pooling seeds. Each seed draws its own evaluation items and trains its own PM, so the runs of a group are
+independent replicates. From run i's value v_i and CI, se_i = (ci_high - ci_low) / (2 * 1.96); the pooled value
+is the mean of the v_i and its CI is mean +- 1.96 * sqrt((mean(se_i^2) + tau^2) / k), with tau^2 =
+max(0, var(v_i) - mean(se_i^2)) the spread between seeds beyond their sampling error (DerSimonian and Laird's
+moment estimate, equal weights). Runs that share their best-of-N items (one `bon.seed`) are not independent in
+their items: their CI is mean +- 1.96 * sqrt(mean(se_i^2) + var(v_i) / k), the items' error kept whole and only
+the seeds' spread averaged. With one run, its own CI is kept. The normal form reads the percentile
+bootstrap CIs as symmetric, and with 2 seeds tau^2 is estimated from one difference: the coverage this gives is
+simulated in the tests (`tests/test_report.py`) and stated in docs/results.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rlhf_syco.errors import UserError
+from rlhf_syco.evaluation.metrics import Z95
+from rlhf_syco.rundir import atomic_path, atomic_write, read_json
+
+IGNORED = ("name", "seed", "runs_dir", "stages", "compute", "slurm", "analysis")
+STATS = ["value", "ci_low", "ci_high"]
+
+
+# --------------------------------------------------------------------------- finding and grouping runs
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run folders: each path is a run (it has `manifest.json`) or a sweep folder (its points' runs)."""
+    from rlhf_syco.sweep import SWEEP_FILE
+
+    runs = []
+    for path in map(Path, paths):
+        if (path / "manifest.json").exists():
+            runs.append(path)
+        elif (path / SWEEP_FILE).exists():
+            points = read_json(path / SWEEP_FILE)["points"]
+            runs += [path / p["name"] for p in points if (path / p["name"] / "manifest.json").exists()]
+        else:
+            raise UserError(f"{path}: not a run folder (no manifest.json) or a sweep folder (no {SWEEP_FILE})")
+    if not runs:
+        raise UserError(f"no finished runs under {', '.join(map(str, paths))}")
+    return list(dict.fromkeys(runs))
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if not prefix and key in IGNORED:
+            continue
+        if isinstance(value, dict) and value:
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
+    return out
+
+
+def label_runs(runs: list[Path]) -> pd.DataFrame:
+    """One row per run: run, group (the values that differ between the runs' configs, seeds aside), seed."""
+    configs = [read_json(run / "manifest.json")["config"] for run in runs]
+    flat = [_flat(c) for c in configs]
+    keys = sorted({k for f in flat for k in f})
+    varied = [k for k in keys if len({f.get(k) for f in flat}) > 1]
+    groups = [", ".join(f"{k.rsplit('.', 1)[-1]}={_shown(f.get(k))}" for k in varied) or "all" for f in flat]
+    return pd.DataFrame({"run": [str(r) for r in runs], "group": groups, "seed": [c["seed"] for c in configs],
+                         "bon_seed": [c.get("bon", {}).get("seed") for c in configs]})
+
+
+def shared_pools(runs: pd.DataFrame) -> frozenset:
+    """The groups whose runs all drew their best-of-N items and samples with one `bon.seed`."""
+    return frozenset(group for group, part in runs.groupby("group")
+                     if part["bon_seed"].notna().all() and part["bon_seed"].nunique() == 1)
+
+
+def _shown(value: str | None) -> str:
+    return "unset" if value is None else str(json.loads(value))
+
+
+# --------------------------------------------------------------------------- pooling seeds
+
+
+def pool(values, ci_low, ci_high, shared_items: bool = False) -> dict:
+    """The pooled estimate of runs' values with their 95% CIs (see the module docstring): {"value", "ci_low",
+    "ci_high", "runs"}; runs without a value take no part. `shared_items`: the runs measured the same items."""
+    v, low, high = (np.asarray(x, dtype=float) for x in (values, ci_low, ci_high))
+    keep = np.isfinite(v) & np.isfinite(low) & np.isfinite(high)
+    v, low, high = v[keep], low[keep], high[keep]
+    k = len(v)
+    if k == 0:
+        return {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "runs": 0}
+    if k == 1:
+        return {"value": float(v[0]), "ci_low": float(low[0]), "ci_high": float(high[0]), "runs": 1}
+    within, spread = np.mean(((high - low) / (2 * Z95)) ** 2), float(np.var(v, ddof=1))
+    if shared_items:  # the items' error is common to every run and does not average out; the seeds' spread does
+        half = Z95 * math.sqrt(within + spread / k)
+    else:
+        half = Z95 * math.sqrt((within + max(0.0, spread - within)) / k)
+    mean = float(v.mean())
+    return {"value": mean, "ci_low": mean - half, "ci_high": mean + half, "runs": k}
+
+
+def pooled(tables: pd.DataFrame, by: list[str], mean_of: tuple[str, ...] = (),
+           shared: frozenset = frozenset()) -> pd.DataFrame:
+    """`tables` (every run's rows, with `group`) pooled over the runs of each group and `by`; columns in
+    `mean_of` (a KL) are averaged; the groups in `shared` measured the same items in every run."""
+    rows = []
+    for key, part in tables.groupby(["group", *by], sort=False, dropna=False):
+        row = dict(zip(["group", *by], key)) | pool(part["value"], part["ci_low"], part["ci_high"], key[0] in shared)
+        rows.append(row | {c: float(part[c].mean()) for c in mean_of})
+    return pd.DataFrame(rows)
+
+
+def _read(runs: pd.DataFrame, name: str) -> pd.DataFrame:
+    """`results/<name>` of every run that has it, with run, group and seed columns."""
+    parts = []
+    for row in runs.itertuples():
+        path = Path(row.run) / "results" / name
+        if path.exists() and path.stat().st_size > 1:
+            parts.append(pd.read_csv(path).assign(run=row.run, group=row.group, seed=row.seed))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def build(paths: list[Path], out: Path) -> dict:
+    """Everything in the module docstring, written to `out`; returns {"runs", "groups", "files"}."""
+    from rlhf_syco.plots import panel_figure
+
+    runs = label_runs(find_runs(paths))
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"runs.csv": runs}
+    figures = []
+    bon, bon_paired = _read(runs, "bon_curves.csv"), _read(runs, "bon_paired.csv")
+    if not bon.empty:
+        bon = pooled(bon, ["type", "metric", "reward_model", "n"], mean_of=("kl_bon",), shared=shared_pools(runs))
+        written["bon_curves.csv"] = bon
+        figures.append(panel_figure(bon.assign(series=bon["group"] + " \u00b7 " + bon["reward_model"]), "n",
+                                    "N (best-of-N)", "series", "Sycophancy vs best-of-N (mean over seeds, 95% CI)",
+                                    out / "bon_vs_n.png", log2_x=True))
+    if not bon_paired.empty:
+        bon_paired = pooled(bon_paired, ["type", "metric", "reward_model", "minus", "n"], mean_of=("kl_bon",),
+                            shared=shared_pools(runs))
+        written["bon_paired.csv"] = bon_paired
+        figures.append(panel_figure(bon_paired.assign(series=bon_paired["group"]), "n", "N (best-of-N)", "series",
+                                    _pair_title(bon_paired, "best-of-N"), out / "bon_paired_vs_n.png", log2_x=True,
+                                    difference=True))
+    ppo, ppo_paired = _read(runs, "ppo_curves.csv"), _read(runs, "ppo_paired.csv")
+    if not ppo.empty:
+        ppo = pooled(ppo, ["arm", "type", "metric", "step"], mean_of=("kl",))
+        written["ppo_curves.csv"] = ppo
+        series = ppo.assign(series=ppo["group"] + " \u00b7 " + ppo["arm"])
+        figures.append(panel_figure(series, "step", "PPO step", "series",
+                                    "Sycophancy vs RL steps, by the reward model optimized against (mean over seeds)",
+                                    out / "ppo_vs_step.png"))
+        figures.append(panel_figure(series, "kl", "KL to the reference policy (nats, mean over seeds)", "series",
+                                    "Sycophancy vs KL (PPO)", out / "ppo_vs_kl.png"))
+    if not ppo_paired.empty:
+        ppo_paired = ppo_paired[ppo_paired["minus"] != "step 0"]
+    if not ppo_paired.empty:
+        ppo_paired = pooled(ppo_paired, ["arm", "minus", "type", "metric", "step"], mean_of=("kl",))
+        written["ppo_paired.csv"] = ppo_paired
+        figures.append(panel_figure(ppo_paired.assign(series=ppo_paired["group"]), "step", "PPO step", "series",
+                                    _pair_title(ppo_paired.rename(columns={"arm": "reward_model"}), "PPO"),
+                                    out / "ppo_paired_vs_step.png", difference=True))
+    written["findings.csv"] = findings(bon_paired, ppo_paired)
+    fits = [f.assign(method=method) for method, f in (("best-of-N", _read(runs, "bon_gold_fits.csv")),
+                                                      ("PPO", _read(runs, "ppo_gold_fits.csv"))) if not f.empty]
+    fits = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame()
+    written["gold_fits.csv"] = fits
+    for name, frame in written.items():
+        with atomic_path(out / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    atomic_write(out / "report.md", markdown(runs, written["findings.csv"], fits, figures))
+    return {"runs": len(runs), "groups": runs["group"].nunique(),
+            "files": sorted([*written, "report.md", *(f.name for f in figures)])}
+
+
+def _pair_title(paired: pd.DataFrame, method: str) -> str:
+    pairs = sorted(set(paired["reward_model"] + " \u2212 " + paired["minus"]))
+    return f"{', '.join(pairs)}: paired difference under {method} (mean over seeds, 95% CI)"
+
+
+def findings(bon_paired: pd.DataFrame, ppo_paired: pd.DataFrame) -> pd.DataFrame:
+    """Per group and type: the paired difference at the largest n (best-of-N) and the last step (PPO), and
+    whether its CI excludes 0."""
+    rows = []
+    for method, paired, at, first in (("best-of-N", bon_paired, "n", "reward_model"),
+                                      ("PPO", ppo_paired, "step", "arm")):
+        if paired.empty:
+            continue
+        last = paired[paired[at] == paired.groupby(["group", "type"])[at].transform("max")]
+        for row in last.itertuples():
+            rows.append({"group": row.group, "type": row.type, "metric": row.metric, "method": method,
+                         "difference": f"{getattr(row, first)} \u2212 {row.minus}", "at": f"{at} = {getattr(row, at)}",
+                         "value": row.value, "ci_low": row.ci_low, "ci_high": row.ci_high, "runs": row.runs,
+                         "excludes_0": verdict(row.value, row.ci_low, row.ci_high)})
+    return pd.DataFrame(rows, columns=["group", "type", "metric", "method", "difference", "at", "value", "ci_low",
+                                       "ci_high", "runs", "excludes_0"])
+
+
+def verdict(value: float, low: float, high: float) -> str:
+    if not all(np.isfinite([value, low, high])):
+        return "not measurable"
+    return "yes, above 0" if low > 0 else "yes, below 0" if high < 0 else "no"
+
+
+def markdown(runs: pd.DataFrame, found: pd.DataFrame, fits: pd.DataFrame, figures: list[Path]) -> str:
+    """report.md: the runs, the findings table, the figures and the gold-reward fits."""
+    lines = ["# Sycophancy across runs", "",
+             f"{len(runs)} runs in {runs['group'].nunique()} groups ({', '.join(sorted(runs['group'].unique()))}). "
+             "Each value is the mean over a group's seeds with a 95% CI that pools the runs' own CIs and the spread "
+             "between seeds (`rlhf_syco/report.py`). Every sycophancy metric reads higher = more sycophantic.", "",
+             "## Findings", "",
+             "The difference between optimizing against the PM and against the non-sycophantic PM, at the largest n "
+             "(best-of-N) and the last step (PPO).", "",
+             "| group | type | metric | method | difference | at | value [95% CI] | runs | CI excludes 0 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in found.itertuples():
+        lines.append(f"| {r.group} | {r.type} | {r.metric} | {r.method} | {r.difference} | {r.at} | "
+                     f"{_interval(r.value, r.ci_low, r.ci_high)} | {r.runs} | {r.excludes_0} |")
+    lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})\n" for f in figures]
+    if not fits.empty:
+        lines += ["## Gold reward: Gao et al.'s fits", "",
+                  "Best-of-N: R(d) - R(0) = d(alpha - beta d); PPO: d(alpha - beta log d); d = sqrt(KL). "
+                  "beta > 0: the gold rate turns down as the policy moves away (`rlhf_syco/overoptimization.py`).", "",
+                  "| run | method | type | optimized against | alpha [95% CI] | beta [95% CI] | note |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in fits.itertuples():
+            against = r.reward_model if isinstance(getattr(r, "reward_model", None), str) else r.arm
+            lines.append(f"| {Path(r.run).name} | {r.method} | {r.type} | {against} | "
+                         f"{_interval(r.alpha, r.alpha_ci_low, r.alpha_ci_high)} | "
+                         f"{_interval(r.beta, r.beta_ci_low, r.beta_ci_high)} | "
+                         f"{r.reason if isinstance(r.reason, str) else ''} |")
+    lines += ["", "## Runs", "", "| run | group | seed |", "|---|---|---|"]
+    lines += [f"| {Path(r.run).name} | {r.group} | {r.seed} |" for r in runs.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def _interval(value, low, high) -> str:
+    if not all(np.isfinite([value, low, high])):
+        return "n/a"
+    return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
