@@ -99,7 +99,7 @@ def train(config, run_dir: RunDir) -> dict:
             preemption.deferred()
 
         def on_step_end(self, args, state, control, **kw):
-            if preemption.requested():
+            if preemption.agreed(args.device):
                 control.should_save = control.should_training_stop = True
 
     trainer = RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=train_ds,

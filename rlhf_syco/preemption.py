@@ -2,8 +2,8 @@
 done since the last periodic one.
 
 `run_stage` runs every stage inside `graceful()`. A stage that checkpoints by step (PM training, PPO) calls
-`deferred()` once it is ready to stop cleanly and asks `requested()` after each step: when a signal has
-arrived, it writes a checkpoint and raises `Preempted`. A stage that does not defer (its caches are written per
+`deferred()` once it is ready to stop cleanly and asks `agreed()` after each step: when a signal has
+arrived (at any rank of a multi-process run), it writes a checkpoint and raises `Preempted`. A stage that does not defer (its caches are written per
 shard or per type, atomically) is stopped at once by the first signal. A second signal stops any stage at once.
 A Ray driver passes the signal on to the stage's worker (`rlhf_syco.pipeline`), which then stops the same way.
 """
@@ -82,6 +82,22 @@ def deferred() -> None:
 def requested() -> int | None:
     """The signal that asked the stage to stop, or None."""
     return _state["signal"]
+
+
+def agreed(device=None) -> int | None:
+    """`requested()`, agreed by every process of a multi-process run (the largest signal any of them received),
+    so that all stop after the same step: a rank that stopped alone would leave the others waiting in the next
+    step's collective. One tiny all-reduce per step; `device` is where the process group's tensors live."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return requested()
+    flag = torch.tensor([requested() or 0], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() and _state["signal"] is None:
+        _state["signal"] = int(flag.item())
+    return requested()
 
 
 def stop(stage: str, step: int, checkpoint: str) -> Preempted:

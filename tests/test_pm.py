@@ -140,6 +140,61 @@ def test_sigterm_stops_training_with_a_checkpoint_and_a_rerun_resumes_from_it(tm
     same_weights(tmp_path / "ref", tmp_path / "stop")
 
 
+def torchrun_pm(cwd: Path, args: list[str]) -> subprocess.Popen:
+    """`rlhf-syco train-pm` on the tiny config in two gloo processes, in a session of its own."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cwd.mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             str(port), "-m", "rlhf_syco.cli", "train-pm", str(TINY), *args], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path):
+    """A signal that reaches one rank of a two-process run (torchrun, gloo) first: every rank stops after the
+    same step, agreed by an all-reduce, with one checkpoint, where the other used to wait for ever in the next
+    step's gradient all-reduce; the rerun resumes to the weights of an uninterrupted two-process run."""
+    import re
+
+    import psutil
+
+    # 72 training pairs over 2 processes of 2: 18 steps an epoch, so the resume stays in the first epoch
+    args = ["pm.train.max_steps=16", "pm.train.batch_size=2", "pm.train.save_steps=4", "pm.train.eval_steps=1000"]
+    launched = []
+    try:
+        launched.append(ref := torchrun_pm(tmp_path / "ref", args))
+        _, stderr = ref.communicate(timeout=600)
+        assert ref.returncode == 0, stderr[-3000:]
+        launched.append(proc := torchrun_pm(tmp_path / "stop", args))
+        ckpts = tmp_path / "stop" / "runs" / "tiny" / "pm" / "checkpoints"
+        deadline = time.time() + 300
+        while not (ckpts / "checkpoint-4" / "SEALED.json").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        ranks = {p.environ().get("RANK"): p for p in psutil.Process(proc.pid).children(recursive=True)}
+        ranks["1"].send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)  # without the agreement, rank 0 waits here for ever
+    finally:
+        for p in launched:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    message = " ".join(stderr.split())
+    assert proc.returncode != 0 and "exitcode : 143" in message, message[-3000:]
+    steps = re.findall(r"error: pm: stopped by SIGTERM after step (\d+)", message)  # one line from each rank
+    assert len(steps) == 2 and len(set(steps)) == 1, message[-3000:]
+    step = int(steps[0])
+    assert 4 <= step < 16 and (ckpts / f"checkpoint-{step}" / "SEALED.json").exists()
+    _, stderr = (rerun := torchrun_pm(tmp_path / "stop", args)).communicate(timeout=600)
+    assert rerun.returncode == 0, stderr[-3000:]
+    metrics = json.loads((tmp_path / "stop" / "runs" / "tiny" / "pm" / "metrics.json").read_text())
+    assert metrics["resumed_from"] == f"checkpoint-{step}"
+    same_weights(tmp_path / "ref", tmp_path / "stop")
+
+
 def same_weights(a, b):
     ref = load_file(a / "runs" / "tiny" / "pm" / "model" / "model.safetensors")
     got = load_file(b / "runs" / "tiny" / "pm" / "model" / "model.safetensors")

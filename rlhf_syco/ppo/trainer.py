@@ -110,7 +110,7 @@ class PPOTrainer:
                     self.save_checkpoint(step)
                 if evaluate is not None and self._is_eval_step(step):
                     evaluate(self, step)
-                if preemption.requested():
+                if preemption.agreed(acc.device):
                     path = self.save_checkpoint(step) if not saved else self.checkpoints.folder / f"step-{step:06d}"
                     raise preemption.stop("ppo", step, str(path.relative_to(self.output_dir.parent)))
                 progress.update(task, completed=step, description=f"ppo: score {metrics['objective/scores']:.3f} "
