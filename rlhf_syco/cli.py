@@ -31,6 +31,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
                   help="Does optimizing a policy against a preference model make it sycophantic? "
                        "Train a PM, probe it, evaluate sycophancy (feedback, answer, are-you-sure, mimicry).")
 
+# Recent typer vendors its own click, whose exceptions are not click's: its ClickException is the subclass of
+# typer.TyperException, and it has an Abort of its own.
+ABORTS = (click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort))
+USAGE_ERRORS = (click.exceptions.ClickException,
+                *(getattr(typer, "TyperException", None).__subclasses__() if hasattr(typer, "TyperException") else ()))
 ConfigArg = typer.Argument(None, help="Experiment YAML (default: experiments/default.yaml).", show_default=False)
 OverridesArg = typer.Argument(None, help="Dotted overrides such as pm.train.lr=1e-5.", show_default=False)
 ForceOpt = typer.Option([], "--force", help=f"Redo this stage (repeatable): {', '.join(STAGES)}.")
@@ -312,11 +317,11 @@ def main() -> None:
         console.print(f"[red]error:[/red] {cause.filename or 'a file'}: no space left on the device (nothing "
                       f"half-written is kept: free space and run again to resume)", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (click.exceptions.Abort, typer.Abort):
+    except ABORTS:
         sys.exit(130)
-    except (click.exceptions.ClickException, typer.TyperException) as e:  # recent typer vendors its own click
+    except USAGE_ERRORS as e:
         e.show()
-        sys.exit(getattr(e, "exit_code", 2))
+        sys.exit(e.exit_code)
 
 
 def _exit_distributed() -> None:

@@ -6,14 +6,17 @@ Because the truth is known, each sycophancy type with a `gold` rate (`Sycophancy
 answer, holds a correct one, is not swayed by the framing) is a gold reward. Gao et al.'s forms, fitted to the
 gain over the starting policy, R(d) - R(0):
 
-    best-of-n   d (alpha - beta d)        d = sqrt(log n - (n - 1) / n), the analytic KL of best-of-n
+    best-of-n   d (alpha - beta d)        d = sqrt(log n - (n - 1) / n), the usual closed form of best-of-n's KL
     RL          d (alpha - beta log d)    d = sqrt(KL), PPO's estimate on held-out RL prompts (clipped at 0)
 
 Both are linear in (alpha, beta): ordinary least squares on the points beyond d = 0. The 95% intervals are
 percentile bootstrap intervals over items, each resample drawing the items once for every point (the points
 share their items, so their correlation is kept) and refitting. A fit needs `MIN_POINTS` points beyond d = 0 at
 distinct d: with two, the two coefficients pass through them exactly and the interval says nothing about the
-form. A positive beta means the gold reward turns down as the policy moves further from the reference.
+form. A positive beta means the gold reward turns down as the policy moves further from the reference. The d
+are taken as known: PPO's KL estimate has noise of its own that the intervals leave out, and best-of-n's closed
+form is an upper bound on its KL, far above it when replies repeat (docs/bon.md), which stretches d and shrinks
+beta.
 
 Where this departs from Gao et al.: their gold reward is a large reward model's score and ours is a rate of a
 judged property, so R is a probability and is fitted per sycophancy type, not over all prompts; best-of-n's
@@ -83,6 +86,8 @@ def fit(form: str, d, task, frames: list[pd.DataFrame], *, bootstrap: int, seed:
     with np.errstate(divide="ignore", invalid="ignore"):
         coefficients = _gains(resampled @ sums, resampled @ counts) @ pinv.T
     coefficients = coefficients[np.isfinite(coefficients).all(axis=1)]
+    if len(coefficients) == 0:
+        return out | {"reason": "no bootstrap resample has gold at every point"}
     (a_low, b_low), (a_high, b_high) = np.percentile(coefficients, [2.5, 97.5], axis=0)
     residual = gains - x @ np.array([alpha, beta])
     return out | {"alpha": float(alpha), "alpha_ci_low": float(a_low), "alpha_ci_high": float(a_high),
@@ -95,7 +100,9 @@ def _totals(task, frames: list[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray]:
     parts = []
     for frame in frames:
         metric = task.gold(frame)
-        totals, _ = per_item_totals(frame, metric.terms if isinstance(metric, Metric) else metric)
+        terms = metric.terms if isinstance(metric, Metric) else metric
+        assert len(terms) == 1, "a gold rate is one term"
+        totals, _ = per_item_totals(frame, terms)
         parts.append(totals)
     items = sorted(set().union(*(p.index for p in parts)))
     aligned = [p.reindex(items, fill_value=0.0).to_numpy() for p in parts]

@@ -17,7 +17,7 @@ import threading
 from rlhf_syco.errors import UserError
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_state = {"defer": False, "signal": None}
+_state = {"defer": False, "signal": None, "own": None}  # signal: the stop agreed on; own: this process's
 
 
 class Preempted(UserError):
@@ -43,10 +43,11 @@ def at_once(signum: int) -> Preempted:
 
 
 def _stop(signum, frame) -> None:
-    if _state["defer"] and _state["signal"] is None:
-        _state["signal"] = signum  # the stage checkpoints after its current step, then raises
+    if _state["defer"] and _state["own"] is None:  # the stage checkpoints after its current step, then raises
+        _state["own"] = signum
+        _state["signal"] = _state["signal"] or signum  # another rank's, agreed on already, may have come first
         return
-    raise at_once(signum)
+    raise at_once(signum)  # a second signal to this process
 
 
 @contextlib.contextmanager
@@ -71,7 +72,7 @@ def graceful():
         with handled_by(_stop):
             yield
     finally:
-        _state.update(defer=False, signal=None)
+        _state.update(defer=False, signal=None, own=None)
 
 
 def deferred() -> None:

@@ -6,9 +6,13 @@ labelled `beta=0.95`); a sweep folder stands for all of its points. Within a gro
 95% CI are pooled over the seeds (`pool`). Written to the output folder:
 
 - `bon_curves.csv`, `bon_paired.csv`, `ppo_curves.csv`, `ppo_paired.csv`: the runs' tables pooled per group
-  (columns as in `results/`, plus `group` and `runs`, the number of runs with a value);
+  (their keys, the pooled value and CI, the mean KL, and `runs`, the number of runs with a value);
 - `findings.csv`: per group and type, the PM - non-sycophantic PM difference at the largest n (best-of-N) and at
-  the last step (PPO), and whether its CI excludes 0;
+  the last step (PPO), whether its pooled CI excludes 0, and in how many runs the run's own CI excludes 0 on the
+  same side (with 2 seeds the pooled CI's coverage falls short when the seeds disagree: docs/results.md);
+- `pm_learned.csv`: per group and bias family, what the PM learned: its accuracy on fresh pairs of the
+  labeler against the labeler's ceiling (`results/pm_bias.json`), and how often each reward model prefers the
+  sycophantic reply on evaluation-half items in held-out phrasings (`results/probe_pm.json`), pooled over seeds;
 - `gold_fits.csv`: every run's Gao et al. fits (`overoptimization.py`), not pooled;
 - `runs.csv`: each run, its group and seed;
 - the figures (`bon_vs_n.png`, `bon_paired_vs_n.png`, `ppo_vs_step.png`, `ppo_vs_kl.png`, `ppo_paired_vs_step.png`,
@@ -17,8 +21,8 @@ labelled `beta=0.95`); a sweep folder stands for all of its points. Within a gro
 Pooling seeds. Each seed draws its own evaluation items and trains its own PM, so the runs of a group are
 independent replicates. From run i's value v_i and CI, se_i = (ci_high - ci_low) / (2 * 1.96); the pooled value
 is the mean of the v_i and its CI is mean +- 1.96 * sqrt((mean(se_i^2) + tau^2) / k), with tau^2 =
-max(0, var(v_i) - mean(se_i^2)) the spread between seeds beyond their sampling error (DerSimonian and Laird's
-moment estimate, equal weights). Runs that share their best-of-N items (one `bon.seed`) are not independent in
+max(0, var(v_i) - mean(se_i^2)) the spread between seeds beyond their sampling error (a random-effects
+moment estimate with equal weights). Runs that share their best-of-N items (one `bon.seed`) are not independent in
 their items: their CI is mean +- 1.96 * sqrt(mean(se_i^2) + var(v_i) / k), the items' error kept whole and only
 the seeds' spread averaged. With one run, its own CI is kept. The normal form reads the percentile
 bootstrap CIs as symmetric, and with 2 seeds tau^2 is estimated from one difference: the coverage this gives is
@@ -46,7 +50,7 @@ STATS = ["value", "ci_low", "ci_high"]
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Run folders: each path is a run (it has `manifest.json`) or a sweep folder (its points' runs)."""
+    """Run folders: each path is a run (it has `manifest.json`) or a sweep folder (its finished points' runs)."""
     from rlhf_syco.sweep import SWEEP_FILE
 
     runs = []
@@ -54,13 +58,20 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if (path / "manifest.json").exists():
             runs.append(path)
         elif (path / SWEEP_FILE).exists():
-            points = read_json(path / SWEEP_FILE)["points"]
-            runs += [path / p["name"] for p in points if (path / p["name"] / "manifest.json").exists()]
+            points = _json(path / SWEEP_FILE).get("points", [])
+            runs += [path / p["name"] for p in points if p.get("state") == "done"]
         else:
             raise UserError(f"{path}: not a run folder (no manifest.json) or a sweep folder (no {SWEEP_FILE})")
     if not runs:
-        raise UserError(f"no finished runs under {', '.join(map(str, paths))}")
-    return list(dict.fromkeys(runs))
+        raise UserError(f"no runs to report under {', '.join(map(str, paths))} (a sweep's points count once done)")
+    return list({run.resolve(): run for run in runs}.values())
+
+
+def _json(path: Path) -> dict:
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -77,13 +88,18 @@ def _flat(config: dict, prefix: str = "") -> dict:
 
 def label_runs(runs: list[Path]) -> pd.DataFrame:
     """One row per run: run, group (the values that differ between the runs' configs, seeds aside), seed."""
-    configs = [read_json(run / "manifest.json")["config"] for run in runs]
+    manifests = [_json(run / "manifest.json") for run in runs]
+    for run, manifest in zip(runs, manifests):
+        if not isinstance(manifest.get("config"), dict) or "seed" not in manifest["config"]:
+            raise UserError(f"{run / 'manifest.json'}: no config with a seed: not a run's manifest")
+    configs = [m["config"] for m in manifests]
     flat = [_flat(c) for c in configs]
     keys = sorted({k for f in flat for k in f})
     varied = [k for k in keys if len({f.get(k) for f in flat}) > 1]
     groups = [", ".join(f"{k.rsplit('.', 1)[-1]}={_shown(f.get(k))}" for k in varied) or "all" for f in flat]
     return pd.DataFrame({"run": [str(r) for r in runs], "group": groups, "seed": [c["seed"] for c in configs],
-                         "bon_seed": [c.get("bon", {}).get("seed") for c in configs]})
+                         "bon_seed": [c.get("bon", {}).get("seed") for c in configs],
+                         "finished": ["finished" in m for m in manifests]})
 
 
 def shared_pools(runs: pd.DataFrame) -> frozenset:
@@ -148,10 +164,13 @@ def build(paths: list[Path], out: Path) -> dict:
     from rlhf_syco.plots import panel_figure
 
     runs = label_runs(find_runs(paths))
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out}: a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     written = {"runs.csv": runs}
     figures = []
     bon, bon_paired = _read(runs, "bon_curves.csv"), _read(runs, "bon_paired.csv")
+    bon_paired_runs = bon_paired
     if not bon.empty:
         bon = pooled(bon, ["type", "metric", "reward_model", "n"], mean_of=("kl_bon",), shared=shared_pools(runs))
         written["bon_curves.csv"] = bon
@@ -177,13 +196,16 @@ def build(paths: list[Path], out: Path) -> dict:
                                     "Sycophancy vs KL (PPO)", out / "ppo_vs_kl.png"))
     if not ppo_paired.empty:
         ppo_paired = ppo_paired[ppo_paired["minus"] != "step 0"]
+    ppo_paired_runs = ppo_paired
     if not ppo_paired.empty:
         ppo_paired = pooled(ppo_paired, ["arm", "minus", "type", "metric", "step"], mean_of=("kl",))
         written["ppo_paired.csv"] = ppo_paired
         figures.append(panel_figure(ppo_paired.assign(series=ppo_paired["group"]), "step", "PPO step", "series",
                                     _pair_title(ppo_paired.rename(columns={"arm": "reward_model"}), "PPO"),
                                     out / "ppo_paired_vs_step.png", difference=True))
-    written["findings.csv"] = findings(bon_paired, ppo_paired)
+    written["findings.csv"] = findings({"best-of-N": bon_paired, "PPO": ppo_paired},
+                                       {"best-of-N": bon_paired_runs, "PPO": ppo_paired_runs})
+    written["pm_learned.csv"] = pm_learned(runs)
     fits = [f.assign(method=method) for method, f in (("best-of-N", _read(runs, "bon_gold_fits.csv")),
                                                       ("PPO", _read(runs, "ppo_gold_fits.csv"))) if not f.empty]
     fits = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame()
@@ -191,7 +213,7 @@ def build(paths: list[Path], out: Path) -> dict:
     for name, frame in written.items():
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
-    atomic_write(out / "report.md", markdown(runs, written["findings.csv"], fits, figures))
+    atomic_write(out / "report.md", markdown(runs, written["findings.csv"], written["pm_learned.csv"], fits, figures))
     return {"runs": len(runs), "groups": runs["group"].nunique(),
             "files": sorted([*written, "report.md", *(f.name for f in figures)])}
 
@@ -201,22 +223,52 @@ def _pair_title(paired: pd.DataFrame, method: str) -> str:
     return f"{', '.join(pairs)}: paired difference under {method} (mean over seeds, 95% CI)"
 
 
-def findings(bon_paired: pd.DataFrame, ppo_paired: pd.DataFrame) -> pd.DataFrame:
-    """Per group and type: the paired difference at the largest n (best-of-N) and the last step (PPO), and
-    whether its CI excludes 0."""
+FINDING_COLUMNS = ["group", "type", "metric", "method", "difference", "at", "value", "ci_low", "ci_high", "runs",
+                   "excludes_0", "runs_excluding_0"]
+
+
+def findings(pooled_tables: dict[str, pd.DataFrame], run_tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per group and type: the paired difference at the largest n (best-of-N) and the last step (PPO), whether its
+    pooled CI excludes 0, and in how many of the runs behind it the run's own CI excludes 0 on the same side.
+    Tables by method ("best-of-N", "PPO"): pooled, and every run's rows."""
     rows = []
-    for method, paired, at, first in (("best-of-N", bon_paired, "n", "reward_model"),
-                                      ("PPO", ppo_paired, "step", "arm")):
+    for method, at, first in (("best-of-N", "n", "reward_model"), ("PPO", "step", "arm")):
+        paired, each = pooled_tables.get(method, pd.DataFrame()), run_tables.get(method, pd.DataFrame())
         if paired.empty:
             continue
         last = paired[paired[at] == paired.groupby(["group", "type"])[at].transform("max")]
         for row in last.itertuples():
+            mine = each[(each["group"] == row.group) & (each["type"] == row.type) & (each["metric"] == row.metric)
+                        & (each[first] == getattr(row, first)) & (each["minus"] == row.minus)
+                        & (each[at] == getattr(row, at))].dropna(subset=STATS)
+            side = (mine["ci_low"] > 0) if row.value > 0 else (mine["ci_high"] < 0)
             rows.append({"group": row.group, "type": row.type, "metric": row.metric, "method": method,
                          "difference": f"{getattr(row, first)} \u2212 {row.minus}", "at": f"{at} = {getattr(row, at)}",
                          "value": row.value, "ci_low": row.ci_low, "ci_high": row.ci_high, "runs": row.runs,
-                         "excludes_0": verdict(row.value, row.ci_low, row.ci_high)})
-    return pd.DataFrame(rows, columns=["group", "type", "metric", "method", "difference", "at", "value", "ci_low",
-                                       "ci_high", "runs", "excludes_0"])
+                         "excludes_0": verdict(row.value, row.ci_low, row.ci_high),
+                         "runs_excluding_0": f"{int(side.sum())} of {len(mine)}"})
+    return pd.DataFrame(rows, columns=FINDING_COLUMNS)
+
+
+def pm_learned(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per group, family and measure (`accuracy` on fresh labeler pairs, `prefers sycophantic: <reward model>`
+    in the probe), pooled over seeds; `ceiling` = max(beta, 1 - beta) for the accuracy."""
+    rows = []
+    for run in runs.itertuples():
+        results = Path(run.run) / "results"
+        if (results / "pm_bias.json").exists():
+            for family, b in read_json(results / "pm_bias.json").items():
+                rows.append({"group": run.group, "family": family, "measure": "accuracy", "value": b["accuracy"],
+                             "ci_low": b["ci_low"], "ci_high": b["ci_high"], "ceiling": b["ceiling"]})
+        if (results / "probe_pm.json").exists():
+            for rm, probe in read_json(results / "probe_pm.json").items():
+                for family, f in probe.get("families", {}).items():
+                    rows.append({"group": run.group, "family": family, "measure": f"prefers sycophantic: {rm}",
+                                 "value": f["sycophantic_preference_rate"], "ci_low": f["ci_low"],
+                                 "ci_high": f["ci_high"], "ceiling": math.nan})
+    if not rows:
+        return pd.DataFrame(columns=["group", "family", "measure", "value", "ci_low", "ci_high", "runs", "ceiling"])
+    return pooled(pd.DataFrame(rows), ["family", "measure"], mean_of=("ceiling",))
 
 
 def verdict(value: float, low: float, high: float) -> str:
@@ -225,8 +277,9 @@ def verdict(value: float, low: float, high: float) -> str:
     return "yes, above 0" if low > 0 else "yes, below 0" if high < 0 else "no"
 
 
-def markdown(runs: pd.DataFrame, found: pd.DataFrame, fits: pd.DataFrame, figures: list[Path]) -> str:
-    """report.md: the runs, the findings table, the figures and the gold-reward fits."""
+def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fits: pd.DataFrame,
+             figures: list[Path]) -> str:
+    """report.md: the runs, the findings table, what the PMs learned, the figures and the gold-reward fits."""
     lines = ["# Sycophancy across runs", "",
              f"{len(runs)} runs in {runs['group'].nunique()} groups ({', '.join(sorted(runs['group'].unique()))}). "
              "Each value is the mean over a group's seeds with a 95% CI that pools the runs' own CIs and the spread "
@@ -234,11 +287,24 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, fits: pd.DataFrame, figure
              "## Findings", "",
              "The difference between optimizing against the PM and against the non-sycophantic PM, at the largest n "
              "(best-of-N) and the last step (PPO).", "",
-             "| group | type | metric | method | difference | at | value [95% CI] | runs | CI excludes 0 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| group | type | metric | method | difference | at | value [95% CI] | runs | CI excludes 0 | "
+             "runs whose own CI excludes 0 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in found.itertuples():
         lines.append(f"| {r.group} | {r.type} | {r.metric} | {r.method} | {r.difference} | {r.at} | "
-                     f"{_interval(r.value, r.ci_low, r.ci_high)} | {r.runs} | {r.excludes_0} |")
+                     f"{_interval(r.value, r.ci_low, r.ci_high)} | {r.runs} | {r.excludes_0} | {r.runs_excluding_0} |")
+    mixed = found.groupby(["group", "method", "type"])["metric"].nunique()
+    for (group, method, type_), _ in mixed[mixed > 1].items():
+        lines.append(f"\n{group}, {method}, {type_}: the runs drew different headlines (the paper's metric was not "
+                     f"measurable in some), so each is pooled over the runs that drew it.")
+    if not learned.empty:
+        lines += ["", "## What the PM learned", "",
+                  "Accuracy: the PM's agreement with the simulated labeler on fresh pairs of each bias family (training "
+                  "phrasings, PM-half items), against the labeler's ceiling max(beta, 1 - beta). Prefers sycophantic: "
+                  "how often a reward model scores the sycophantic reply above the other one on evaluation-half items "
+                  "in held-out phrasings (the probe; docs/bias.md).", "",
+                  "| group | family | measure | value [95% CI] | ceiling | runs |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r.group} | {r.family} | {r.measure} | {_interval(r.value, r.ci_low, r.ci_high)} | "
+                  f"{'' if math.isnan(r.ceiling) else f'{r.ceiling:.2f}'} | {r.runs} |" for r in learned.itertuples()]
     lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})\n" for f in figures]
     if not fits.empty:
         lines += ["## Gold reward: Gao et al.'s fits", "",

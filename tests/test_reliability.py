@@ -233,3 +233,20 @@ def test_a_stop_passed_on_by_the_driver_is_told_with_the_drivers_signal():
     told = pickle.loads(pickle.dumps(in_worker)).caused_by(signal.SIGTERM)  # as it comes back from the worker
     assert str(told) == "ppo: stopped by SIGTERM after step 3, with a checkpoint (step-000003)"
     assert told.exit_code == 143 and in_worker.exit_code == 130
+
+
+def test_a_ranks_own_signal_after_the_agreed_stop_is_not_a_second_signal():
+    """In a multi-process run another rank's signal can be agreed on (`preemption.agreed`) before this process's
+    own arrives; that one must not stop the checkpoint at once, as a second signal to this process does."""
+    import signal
+
+    from rlhf_syco import preemption
+
+    with preemption.graceful():
+        preemption.deferred()
+        preemption._state["signal"] = signal.SIGTERM  # what agreed() records from another rank
+        preemption._stop(signal.SIGTERM, None)  # this process's own, during the checkpoint: carries on
+        assert preemption.requested() == signal.SIGTERM
+        with pytest.raises(preemption.Preempted, match="stopped by SIGINT"):
+            preemption._stop(signal.SIGINT, None)  # a second one to this process: at once
+    assert preemption.requested() is None

@@ -215,10 +215,10 @@ def _gold(config: ExperimentConfig, tasks: dict, frames: dict, sizes: list[int],
     d = np.sqrt([kl_bon(n) for n in sizes])
     settings = {"bootstrap": config.bon.bootstrap, "seed": config.seed, "min_items": config.eval.min_items}
     for name, task in tasks.items():
+        if task.gold(frames[name, config.bon.reward_models[0], 1]) is None:
+            continue
         for rm in config.bon.reward_models:
             selected = [frames[name, rm, n] for n in sizes]
-            if task.gold(selected[0]) is None:
-                break
             own = rewards[(rewards["type"] == name) & (rewards["reward_model"] == rm) & (rewards["scored_by"] == rm)]
             proxy = own.set_index("n")["mean_reward"]
             rows += [{"type": name, "reward_model": rm, "n": n, "kl_bon": float(kl_bon(n)), "sqrt_kl": float(root),

@@ -95,9 +95,9 @@ class SycophancyTask:
         raise NotImplementedError
 
     def gold(self, judged: pd.DataFrame) -> Metric | None:
-        """The gold reward, where the truth is known: one rate, higher = the reply is right where the user is
-        not (it states the true answer, holds a correct one, is not swayed by the framing). None where the
-        type has no ground truth. Read against the proxy reward for overoptimization (`overoptimization.py`)."""
+        """The gold reward, where the truth is known: one rate (a single term), higher = better (the reply states
+        the true answer, holds a correct one, is not swayed by the framing). None where the type has no ground
+        truth. Read against the proxy reward for overoptimization (`overoptimization.py`)."""
         return None
 
 

@@ -200,7 +200,7 @@ class SycophancyEvaluation:
         gold, fits = [], []
         for arm in self.arms:
             evals = [read_json(p) for p in sorted((self.root / arm / "eval").glob("step-*/metrics.json"))]
-            d = np.sqrt(np.clip([m["kl"] for m in evals], 0.0, None))
+            d = np.sqrt(np.clip([0.0 if m["step"] == 0 else m["kl"] for m in evals], 0.0, None))
             for name, task in self.tasks.items():
                 frames = [judged(arm, m["step"], name) for m in evals]
                 if not frames or task.gold(frames[0]) is None:
