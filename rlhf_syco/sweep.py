@@ -38,8 +38,24 @@ def parse_grid(specs: list[str]) -> dict[str, list[str]]:
             raise UserError(f"--grid {spec!r}: expected KEY=VALUE,VALUE,...")
         if key in grid:
             raise UserError(f"--grid names {key} twice")
-        grid[key] = [v.strip() for v in values.split(",") if v.strip()]
+        grid[key] = [v.strip() for v in _split_top_level(values) if v.strip()]
     return grid
+
+
+def _split_top_level(values: str) -> list[str]:
+    """Split on the commas outside brackets and braces, so a YAML list or mapping is one value:
+    "{answer: 0.9, feedback: 0.5},{answer: 0.5}" -> ["{answer: 0.9, feedback: 0.5}", "{answer: 0.5}"]."""
+    parts, depth, current = [], 0, ""
+    for char in values:
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    if depth != 0:
+        raise UserError(f"--grid value {values!r}: unbalanced brackets or braces")
+    return parts + [current]
 
 
 def point_name(values: dict[str, str], seed: int) -> str:

@@ -53,6 +53,10 @@ def test_grid_parsing_and_point_names():
 
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         parse_grid(["pm.data.beta"])
+    assert parse_grid(["pm.data.bias={answer: 0.9, feedback: 0.5},{answer: 0.5}", "bon.types=[answer,feedback]"]) == \
+        {"pm.data.bias": ["{answer: 0.9, feedback: 0.5}", "{answer: 0.5}"], "bon.types": ["[answer,feedback]"]}
+    with pytest.raises(UserError, match="unbalanced"):
+        parse_grid(["pm.data.bias={answer: 0.9"])
 
 
 def test_a_local_sweep_retries_a_failed_point_reports_a_broken_one_and_skips_finished_ones(tmp_path):
