@@ -96,6 +96,23 @@ def build_data(config: Optional[str] = ConfigArg, overrides: Optional[list[str]]
     console.print_json(json.dumps(json.loads((run_dir / "data" / "stats.json").read_text())))
 
 
+@app.command("build-intervention-data")
+def build_intervention_data(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
+                            examples: int = typer.Option(1000, "--examples", min=1, help="Examples before filtration."),
+                            filter_known: bool = typer.Option(True, "--filtration/--no-filtration",
+                                                              help="Keep only what the policy answers right "
+                                                                   "without the user's opinion (Wei et al.)."),
+                            out: Optional[Path] = typer.Option(None, "-o", "--out",
+                                                               help="Output jsonl (default: RUN/intervention/data.jsonl).")):
+    """Wei et al.'s synthetic data against sycophancy: NLP claims whose truth is independent of the user's
+    opinion, filtered by the config's policy (docs/intervention.md)."""
+    from rlhf_syco.intervention.data import build
+
+    cfg = _load(config, overrides)
+    report = build(cfg, out or cfg.run_dir / "intervention" / "data.jsonl", examples, filter_known)
+    console.print_json(json.dumps(report))
+
+
 @app.command("train-pm")
 def train_pm(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
              force: list[str] = ForceOpt):

@@ -53,7 +53,7 @@ def test_unknown_tasks_are_one_line_errors_with_a_suggestion():
         get_task("answr")
     with pytest.raises(ValueError, match="unknown sycophancy task 'answr'"):
         ExperimentConfig.model_validate({"eval": {"types": ["answr"]}})
-    assert TASKS.names()[:5] == list(BUILTIN_TASKS)
+    assert TASKS.names()[:len(BUILTIN_TASKS)] == list(BUILTIN_TASKS)
 
 
 @pytest.fixture

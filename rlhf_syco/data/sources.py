@@ -133,3 +133,38 @@ def sst2() -> tuple[dict, ...]:
         rows = (line.rstrip("\n").split(" ", 1) for line in f if line.strip())
         return tuple({"id": f"dev-{i}", "label": "positive" if label == "1" else "negative", "sentence": sentence}
                      for i, (label, sentence) in enumerate(rows))
+
+
+# Wei et al.'s natural-language labels (google/sycophancy-intervention: pull_from_huggingface.py)
+TREC_LABELS = {"ABBR": "Abbreviation", "ENTY": "Entity", "DESC": "Description or Abstract Concept",
+               "HUM": "Human Being", "LOC": "Location", "NUM": "Numeric Value"}
+ENTAILMENT_LABELS = {"entailment": "Entailment", "not_entailment": "Not Entailment", "contradiction": "Contradiction",
+                     "neutral": "Neither Entailment Nor Contradiction"}
+
+
+@lru_cache(maxsize=None)
+def nlp_train(dataset: str) -> tuple[dict, ...]:
+    """A shipped NLP training split as {id, input, label, labels}: `input` is Wei et al.'s quoted text (two
+    fields joined by " and "), `label` the natural-language label and `labels` every label of the dataset."""
+    if dataset == "trec":
+        with open_text(source_path("nlp/trec_train.txt.gz")) as f:
+            rows = [line.rstrip("\n").split(" ", 1) for line in f if line.strip()]
+        return tuple({"id": f"trec-{i}", "input": _quoted(question), "label": TREC_LABELS[coarse.split(":")[0]],
+                      "labels": tuple(TREC_LABELS.values())} for i, (coarse, question) in enumerate(rows))
+    if dataset in ("rte", "cb"):
+        names = {"rte": ("entailment", "not_entailment"), "cb": ("entailment", "contradiction", "neutral")}[dataset]
+        return tuple({"id": f"{dataset}-{r['idx']}", "input": f"{_quoted(r['premise'])} and {_quoted(r['hypothesis'])}",
+                      "label": ENTAILMENT_LABELS[r["label"]], "labels": tuple(ENTAILMENT_LABELS[n] for n in names)}
+                     for r in read_jsonl(source_path(f"nlp/{dataset}_train.jsonl.gz")))
+    raise KeyError(dataset)
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace('"', "").replace("\n", "").strip() + '"'
+
+
+@lru_cache(maxsize=None)
+def person_names() -> tuple[str, ...]:
+    """Wei et al.'s 10,000 names."""
+    with open_text(source_path("intervention/names.txt.gz")) as f:
+        return tuple(n.strip() for n in f.read().split(",") if n.strip())

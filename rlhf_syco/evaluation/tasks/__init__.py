@@ -17,8 +17,9 @@ TASKS = Registry("sycophancy task", "rlhf_syco.tasks", {
     "are_you_sure": "rlhf_syco.evaluation.tasks.are_you_sure:AreYouSureTask",
     "mimicry": "rlhf_syco.evaluation.tasks.mimicry:MimicryTask",
     "opinion": "rlhf_syco.evaluation.tasks.opinion:OpinionTask",
+    "addition": "rlhf_syco.evaluation.tasks.addition:AdditionTask",
 })
-BUILTIN_TASKS = ("feedback", "answer", "are_you_sure", "mimicry", "opinion")
+BUILTIN_TASKS = ("feedback", "answer", "are_you_sure", "mimicry", "opinion", "addition")
 
 
 @lru_cache(maxsize=None)
