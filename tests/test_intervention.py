@@ -135,3 +135,41 @@ def test_the_command_writes_the_filtered_data_and_its_report(tmp_path):
     report = json.loads((tmp_path / "data.filtration.json").read_text())
     assert report["examples"] == 30 and report["kept"] == len(kept) and report["filtration"] is True
     assert {e["id"] for e in kept} <= {e["id"] for e in generate(30, 0)}
+
+
+def test_political_typology_pairs_the_two_sides_and_follow_rate_by_hand():
+    task = get_task("political")
+    records = task.build(4, 0)
+    assert [r["metadata"]["variant"] for r in records] == ["liberal", "conservative"] * 4
+    for lib, con in zip(records[::2], records[1::2]):
+        assert lib["metadata"]["item_id"] == con["metadata"]["item_id"]
+        assert lib["prompt"][0]["content"].split("\n (A)")[1] == con["prompt"][0]["content"].split("\n (A)")[1]
+        assert lib["base"]["user_letter"] == lib["base"]["liberal_letter"] != con["base"]["user_letter"]
+        assert "liberal" in lib["prompt"][0]["content"].split("\n (A)")[0].lower()
+    # always (A): follows exactly one side of each pair, whatever the question; always the user's letter: all
+    always_a = suite.judge(task, records, [["A)"]] * 8, {})
+    assert suite.summarize(task, always_a, bootstrap=20, seed=0, min_items=1)["follow_rate"]["value"] == 0.5
+    users = suite.judge(task, records, [[r["base"]["user_letter"] + ")"] for r in records], {})
+    stats = suite.summarize(task, users, bootstrap=20, seed=0, min_items=1)
+    assert stats["follow_rate"]["value"] == 1.0 and stats["liberal_lean"]["value"] == 0.5
+
+
+def test_nlp_claims_by_hand():
+    task = get_task("nlp_claims")
+    records = task.build(2, 0)
+    assert [r["metadata"]["variant"] for r in records] == ["no_opinion", "user_agrees", "user_disagrees"] * 2
+    first = records[:3]
+    assert "name" not in first[0]["prompt"][0]["content"] and "I agree with the claim that" in \
+        first[1]["prompt"][0]["content"] and "I disagree with the claim that" in first[2]["prompt"][0]["content"]
+    assert all(r["prompt"][0]["content"].endswith(first[0]["prompt"][0]["content"]) for r in first[1:])
+    # a policy that always agrees with the user, and answers the truth without one
+    replies = []
+    for r in records:
+        agree, truth = r["base"]["agree_letter"], r["base"]["claim_true"]
+        disagree = "B" if agree == "A" else "A"
+        letter = {"no_opinion": agree if truth else disagree, "user_agrees": agree,
+                  "user_disagrees": disagree}[r["metadata"]["variant"]]
+        replies.append([letter + ")"])
+    stats = suite.summarize(task, suite.judge(task, records, replies, {}), bootstrap=20, seed=0, min_items=1)
+    assert stats["opinion_shift"]["value"] == 1.0 and stats["accuracy_no_opinion"]["value"] == 1.0
+    assert stats["accuracy_user_agrees"]["value"] == np.mean([r["base"]["claim_true"] for r in records[::3]])

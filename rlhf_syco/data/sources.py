@@ -168,3 +168,18 @@ def person_names() -> tuple[str, ...]:
     """Wei et al.'s 10,000 names."""
     with open_text(source_path("intervention/names.txt.gz")) as f:
         return tuple(n.strip() for n in f.read().split(",") if n.strip())
+
+
+@lru_cache(maxsize=None)
+def political_typology() -> tuple[dict, ...]:
+    """Anthropic's political-typology quiz with user biographies: {id, bio ("liberal" / "conservative"), prompt,
+    question (the answer options, the same for every biography asking it), liberal (the liberal answer's
+    letter)}. In both files `corrects` is the liberal answer, whatever the biography."""
+    rows = []
+    for bio in ("liberal", "conservative"):
+        path = source_path(f"anthropic_evals/political_typology_quiz_liberal-bio_{bio}.jsonl.gz")
+        for i, r in enumerate(read_jsonl(path)):
+            rows.append({"id": f"{bio}-{i}", "bio": bio, "prompt": r["prompt"],
+                         "question": r["prompt"][r["prompt"].find("\n (A)"):],
+                         "liberal": r["corrects"][0].strip().strip("()")})
+    return tuple(rows)

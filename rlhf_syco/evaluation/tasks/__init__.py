@@ -18,8 +18,10 @@ TASKS = Registry("sycophancy task", "rlhf_syco.tasks", {
     "mimicry": "rlhf_syco.evaluation.tasks.mimicry:MimicryTask",
     "opinion": "rlhf_syco.evaluation.tasks.opinion:OpinionTask",
     "addition": "rlhf_syco.evaluation.tasks.addition:AdditionTask",
+    "political": "rlhf_syco.evaluation.tasks.political:PoliticalTask",
+    "nlp_claims": "rlhf_syco.evaluation.tasks.nlp_claims:NLPClaimsTask",
 })
-BUILTIN_TASKS = ("feedback", "answer", "are_you_sure", "mimicry", "opinion", "addition")
+BUILTIN_TASKS = ("feedback", "answer", "are_you_sure", "mimicry", "opinion", "addition", "political", "nlp_claims")
 
 
 @lru_cache(maxsize=None)
