@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from rlhf_syco import preemption
 from rlhf_syco.errors import UserError
 from rlhf_syco.progress import console
 from rlhf_syco.rundir import atomic_write, now, read_json, write_json
@@ -123,7 +124,8 @@ def run_point(config_file: str, cwd: str) -> None:
 
 
 def run_local(folder: Path, configs: list, paths: list[Path], retries: int, cpus_per_point: float | None) -> dict:
-    """Every unfinished point as a Ray task; {name: "done" | "skipped" | "failed: ..."}."""
+    """Every unfinished point as a Ray task; {name: "done" | "skipped" | "failed: ..." | "stopped"}. A SIGTERM or
+    SIGINT to this process stops every point (PM training and PPO with a checkpoint) and exits 128 + signal."""
     import ray
 
     from rlhf_syco.pipeline import FORWARDED_ENV
@@ -150,31 +152,52 @@ def run_local(folder: Path, configs: list, paths: list[Path], retries: int, cpus
             running[ref] = name
             _record(folder, name, state="running", attempts=attempts[name])
 
-        for name in todo:
-            start(name)
-        while running:
-            (ready,), _ = ray.wait(list(running), num_returns=1)
-            name = running.pop(ready)
-            try:
-                ray.get(ready)
-            except Exception as e:  # a point's failure (Ray wraps it): retried, then reported; the others go on
-                cause = getattr(e, "cause", e)
-                error = (str(cause) if isinstance(cause, UserError) else f"{type(cause).__name__}: {cause}")
-                error = error.splitlines()[0]
-                if attempts[name] <= retries and not isinstance(cause, UserError):  # bad input fails the same way
-                    console.print(f"[yellow]{name}: attempt {attempts[name]} failed ({error}); running it "
-                                  f"again from its checkpoints[/yellow]", highlight=False, soft_wrap=True)
-                    start(name)
-                else:
-                    outcome[name] = f"failed: {error}"
-                    _record(folder, name, state="failed", error=error)
-                continue
-            outcome[name] = "done"
-            _record(folder, name, state="done", finished=now())
+        received = []
+
+        def stop(signum, frame):  # SIGTERM / SIGINT: every point stops, from its checkpoints next time
+            received.append(signum)
+            for ref in running:
+                ray.cancel(ref, force=len(received) > 1)
+
+        with preemption.handled_by(stop):
+            for name in todo:
+                start(name)
+            _wait(folder, running, received, attempts, retries, start, outcome)
+        if received:
+            raise preemption.at_once(received[0])
     finally:
         if started_here:
             ray.shutdown()
     return outcome
+
+
+def _wait(folder: Path, running: dict, received: list, attempts: dict, retries: int, start, outcome: dict) -> None:
+    """Collect the points as they end: done, retried, failed, or stopped by a signal to the driver."""
+    import ray
+
+    while running:
+        (ready,), _ = ray.wait(list(running), num_returns=1)
+        name = running.pop(ready)
+        try:
+            ray.get(ready)
+        except Exception as e:  # a point's failure (Ray wraps it): retried, then reported; the others go on
+            if received:
+                outcome[name] = "stopped"
+                _record(folder, name, state="stopped")
+                continue
+            cause = getattr(e, "cause", e)
+            error = (str(cause) if isinstance(cause, UserError) else f"{type(cause).__name__}: {cause}")
+            error = error.splitlines()[0]
+            if attempts[name] <= retries and not isinstance(cause, UserError):  # bad input fails the same way
+                console.print(f"[yellow]{name}: attempt {attempts[name]} failed ({error}); running it "
+                              f"again from its checkpoints[/yellow]", highlight=False, soft_wrap=True)
+                start(name)
+            else:
+                outcome[name] = f"failed: {error}"
+                _record(folder, name, state="failed", error=error)
+            continue
+        outcome[name] = "done"
+        _record(folder, name, state="done", finished=now())
 
 
 def _record(folder: Path, name: str, **fields) -> None:

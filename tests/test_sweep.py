@@ -100,6 +100,38 @@ def test_a_local_sweep_retries_a_failed_point_reports_a_broken_one_and_skips_fin
     assert status.returncode == 0 and shown.count("│ done") == 2 and shown.count("failed") == 2, shown
 
 
+def test_sigterm_to_a_local_sweep_stops_every_point_and_the_rerun_finishes_them(tmp_path):
+    """SIGTERM to the sweep's driver (Slurm preempting the job that runs it, Ctrl-C): the running point stops
+    with a PM checkpoint, the queued one never starts, the command ends with one line and exit 143, sweep.json
+    says "stopped", and the same command again finishes both."""
+    import signal
+    import time
+
+    resolve("tiny:decoder")
+    args = ["sweep", TINY, "stages=[data,pm]", f"runs_dir={tmp_path}", "pm.train.max_steps=400",
+            "pm.train.save_steps=5", "pm.train.batch_size=2", "--grid", "pm.data.beta=0.5,0.95"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_syco.cli", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoints = tmp_path / "tiny-sweep" / "beta=0.5_seed=0" / "pm" / "checkpoints"
+    deadline = time.time() + 300
+    while not list(checkpoints.glob("checkpoint-*/SEALED.json")) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=180)
+    last = stderr.strip().splitlines()[-1]
+    assert proc.returncode == 143 and last.startswith("error: stopped by SIGTERM"), stderr[-3000:]
+    state = {p["name"]: p["state"] for p in json.loads((tmp_path / "tiny-sweep" / "sweep.json").read_text())["points"]}
+    assert state == {"beta=0.5_seed=0": "stopped", "beta=0.95_seed=0": "stopped"}
+    assert not (tmp_path / "tiny-sweep" / "beta=0.5_seed=0" / "pm" / "DONE.json").exists()
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    state = {p["name"]: p["state"] for p in json.loads((tmp_path / "tiny-sweep" / "sweep.json").read_text())["points"]}
+    assert set(state.values()) == {"done"}
+    resumed = json.loads((tmp_path / "tiny-sweep" / "beta=0.5_seed=0" / "pm" / "metrics.json").read_text())
+    assert resumed["resumed_from"].startswith("checkpoint-")
+
+
 def test_a_slurm_sweep_runs_one_array_task_per_point(slurm_cluster, tmp_path):  # noqa: F811
     resolve("tiny:decoder")
     args = ["sweep", TINY, *QUICK, f"runs_dir={tmp_path}", "--grid", "pm.data.beta=0.5,0.95", "--slurm",
