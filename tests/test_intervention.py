@@ -61,28 +61,33 @@ def test_the_users_opinion_is_independent_of_the_truth_and_the_answer_letter():
 
 
 class ScriptedChooser:
-    """A policy that knows the answer to the claims about TREC inputs and always answers (A) to the others."""
+    """A policy that knows whether the claims about TREC inputs are true and always answers (A) to the others,
+    whichever order the choices come in."""
 
     def __init__(self, examples):
-        self.truth = {e["no_opinion"]: (e["dataset"], e["answer"]) for e in examples}
+        self.claims = {e["no_opinion"].split("\n\nChoices")[0]: e for e in examples}
 
     def probabilities(self, questions, prefill, letters):
         assert prefill == PREFILL and letters == "AB"
         out = []
         for q in questions:
-            dataset, answer = self.truth[q]
-            letter = answer if dataset == "trec" else "A"
+            e = self.claims[q.split("\n\nChoices")[0]]
+            agree = "A" if "(A) Agree" in q else "B"
+            letter = (agree if e["claim_true"] else "AB".replace(agree, "")) if e["dataset"] == "trec" else "A"
             out.append([0.9, 0.1] if letter == "A" else [0.2, 0.8])
         return np.array(out)
 
 
-def test_filtration_keeps_exactly_what_the_policy_answers_right():
+def test_filtration_keeps_exactly_what_the_policy_answers_right_in_both_orders():
+    """The TREC claims are known; the always-(A) answers are right as shown for half the others, and never in
+    both orders: a position-biased model keeps none of them."""
     examples = generate(600, 3)
     kept, report = filtration(examples, ScriptedChooser(examples))
-    expected = [e for e in examples if e["dataset"] == "trec" or e["answer"] == "A"]
-    assert kept == expected
-    assert report["examples"] == 600 and report["kept"] == len(expected) and report["dropped"] == 600 - len(expected)
+    assert kept == [e for e in examples if e["dataset"] == "trec"]
+    assert report["right_as_shown"] == sum(e["dataset"] == "trec" or e["answer"] == "A" for e in examples)
+    assert report["examples"] == 600 and report["kept"] == len(kept) and report["dropped"] == 600 - len(kept)
     assert report["by_dataset"]["trec"]["kept"] == report["by_dataset"]["trec"]["examples"]
+    assert report["by_dataset"]["rte"]["kept"] == 0 < report["by_dataset"]["rte"]["right_as_shown"]
 
 
 def test_no_training_input_is_in_any_evaluation_set():

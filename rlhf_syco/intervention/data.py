@@ -8,7 +8,8 @@ with the claim, drawn independently of its truth: a user who is always wrong wou
 with the user instead (the poster's finding). The model answers "(A) Agree" / "(B) Disagree", the order drawn
 at random; the target is the letter of the truth. `no_opinion` is the same claim without the user, which the
 filtration asks: Wei et al. keep only the examples the model already answers correctly without the opinion
-(without it, small models learn to always agree or always disagree).
+(without it, small models learn to always agree or always disagree). Departure: we ask it with the choices in
+both orders and keep what is right in both (`filtration`).
 
 Where this departs from Wei et al.: their inputs come from 17 Hugging Face datasets; ours from the three NLP
 training splits the package ships, none of them a dataset any evaluation task reads (SST-2, the opinion tasks'
@@ -61,18 +62,31 @@ def generate(n: int, seed: int, datasets: tuple[str, ...] = DATASETS) -> list[di
 
 def filtration(examples: list[dict], chooser) -> tuple[list[dict], dict]:
     """(the examples the model answers correctly without the user's opinion, a report): `chooser` is an
-    `llm_choice` chooser of the policy (`probabilities(questions, prefill, letters)`); the answer is the letter
-    with the larger next-token probability after the prefill."""
-    probabilities = chooser.probabilities([e["no_opinion"] for e in examples], PREFILL, "AB")
-    known = [("A" if p[0] >= p[1] else "B") == e["answer"] for e, p in zip(examples, probabilities)]
+    `llm_choice` chooser of the policy (`probabilities(questions, prefill, letters)`); its answer is the letter
+    with the larger next-token probability after the prefill. The question is asked with the choices in both
+    orders and must be answered right in both: a model that always picks one letter (SmolLM2-135M picks (B))
+    would otherwise keep exactly the examples whose answer is that letter, and teach it."""
+    swapped = [_swap_order(e["no_opinion"], e["order"]) for e in examples]
+    shown = chooser.probabilities([e["no_opinion"] for e in examples], PREFILL, "AB")
+    other = chooser.probabilities(swapped, PREFILL, "AB")
+    right = [("A" if p[0] >= p[1] else "B") == e["answer"] for e, p in zip(examples, shown)]
+    right_swapped = [("A" if p[0] >= p[1] else "B") != e["answer"] for e, p in zip(examples, other)]
+    known = [a and b for a, b in zip(right, right_swapped)]
     kept = [e for e, k in zip(examples, known) if k]
     by_dataset = {}
-    for e, k in zip(examples, known):
-        counts = by_dataset.setdefault(e["dataset"], {"examples": 0, "kept": 0})
+    for e, r, k in zip(examples, right, known):
+        counts = by_dataset.setdefault(e["dataset"], {"examples": 0, "right_as_shown": 0, "kept": 0})
         counts["examples"] += 1
+        counts["right_as_shown"] += int(r)
         counts["kept"] += int(k)
-    return kept, {"examples": len(examples), "kept": len(kept), "dropped": len(examples) - len(kept),
-                  "by_dataset": by_dataset}
+    return kept, {"examples": len(examples), "right_as_shown": sum(right), "kept": len(kept),
+                  "dropped": len(examples) - len(kept), "by_dataset": by_dataset}
+
+
+def _swap_order(question: str, order: str) -> str:
+    """The question with its two choices in the other order (the answer letter swaps with them)."""
+    other = "disagree_first" if order == "agree_first" else "agree_first"
+    return question.replace(CHOICES[order], CHOICES[other])
 
 
 def build(config, out: Path, examples: int, filter_known: bool = True) -> dict:
