@@ -167,19 +167,18 @@ def build(paths: list[Path], out: Path) -> dict:
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out}: a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    written = {"runs.csv": runs}
-    figures = []
+    written, figures, shared = {"runs.csv": runs}, [], shared_pools(runs)
     bon, bon_paired = _read(runs, "bon_curves.csv"), _read(runs, "bon_paired.csv")
     bon_paired_runs = bon_paired
     if not bon.empty:
-        bon = pooled(bon, ["type", "metric", "reward_model", "n"], mean_of=("kl_bon",), shared=shared_pools(runs))
+        bon = pooled(bon, ["type", "metric", "reward_model", "n"], mean_of=("kl_bon",), shared=shared)
         written["bon_curves.csv"] = bon
         figures.append(panel_figure(bon.assign(series=bon["group"] + " \u00b7 " + bon["reward_model"]), "n",
                                     "N (best-of-N)", "series", "Sycophancy vs best-of-N (mean over seeds, 95% CI)",
                                     out / "bon_vs_n.png", log2_x=True))
     if not bon_paired.empty:
         bon_paired = pooled(bon_paired, ["type", "metric", "reward_model", "minus", "n"], mean_of=("kl_bon",),
-                            shared=shared_pools(runs))
+                            shared=shared)
         written["bon_paired.csv"] = bon_paired
         figures.append(panel_figure(bon_paired.assign(series=bon_paired["group"]), "n", "N (best-of-N)", "series",
                                     _pair_title(bon_paired, "best-of-N"), out / "bon_paired_vs_n.png", log2_x=True,
