@@ -113,6 +113,16 @@ def build_intervention_data(config: Optional[str] = ConfigArg, overrides: Option
     console.print_json(json.dumps(report))
 
 
+@app.command()
+def intervene(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
+              force: list[str] = ForceOpt):
+    """An intervention against sycophancy (intervene.method: full, lora, prompt_tuning, kshot, none) on Wei et
+    al.'s synthetic data, and the policy before and after it (docs/intervention.md)."""
+    cfg, run_dir = _setup(config, overrides, force)
+    _stages(["intervene"], cfg, run_dir)
+    _plot(cfg, run_dir)
+
+
 @app.command("train-pm")
 def train_pm(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
              force: list[str] = ForceOpt):

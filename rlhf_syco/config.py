@@ -19,6 +19,7 @@ from rlhf_syco.errors import UserError
 from rlhf_syco.analysis.config import AnalysisConfig
 from rlhf_syco.bon.config import BonConfig
 from rlhf_syco.evaluation.config import EvalConfig
+from rlhf_syco.intervention.config import InterveneConfig
 from rlhf_syco.ppo.config import PPOConfig
 from rlhf_syco.slurm import SlurmConfig
 from rlhf_syco.stages import STAGES
@@ -154,8 +155,9 @@ class ComputeConfig(Strict):
 class ExperimentConfig(Strict):
     name: str = "default"
     seed: int = 0
-    # What `rlhf-syco run` runs (with their prerequisites), in pipeline order; `analyze` only when listed.
-    stages: list[str] = [stage for stage in STAGES if stage != "analyze"]
+    # What `rlhf-syco run` runs (with their prerequisites), in pipeline order; `intervene` and `analyze` only
+    # when listed.
+    stages: list[str] = [stage for stage in STAGES if stage not in ("intervene", "analyze")]
     runs_dir: str = "runs"
     policy: PolicyConfig = PolicyConfig()
     pm: PMConfig = PMConfig()
@@ -164,6 +166,7 @@ class ExperimentConfig(Strict):
         "pm_nonsyco": RewardModelSpec(type="prompted", base="pm"),
     }
     probe: ProbeConfig = ProbeConfig()
+    intervene: InterveneConfig = InterveneConfig()
     eval: EvalConfig = EvalConfig()
     bon: BonConfig = BonConfig()
     ppo: PPOConfig = PPOConfig()
@@ -195,6 +198,15 @@ class ExperimentConfig(Strict):
             for n in names:
                 if n not in known:
                     raise ValueError(f"{where}: unknown reward model {n!r}{_suggest(n, known)}")
+        return self
+
+    @model_validator(mode="after")
+    def _policy_in_the_run_folder(self):
+        """`{run_dir}` in `policy.model.name_or_path` (an earlier stage's output, such as the intervened policy)
+        is this run's folder."""
+        path = self.policy.model.name_or_path
+        if "{run_dir}" in path:
+            self.policy.model.name_or_path = path.replace("{run_dir}", str(self.run_dir))
         return self
 
     @property

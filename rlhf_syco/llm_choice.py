@@ -40,12 +40,13 @@ class HFChooser:
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
         self._letter_ids: dict[tuple[str, str], list[int]] = {}
 
-    def prompt(self, question: str, prefill: str) -> str:
+    def prompt(self, question: str | list[dict], prefill: str) -> str:
+        """`question`: a user turn's text, or a whole conversation (chat messages)."""
+        messages = question if isinstance(question, list) else [{"role": "user", "content": question}]
         if self.tokenizer.chat_template:
-            chat = self.tokenizer.apply_chat_template([{"role": "user", "content": question}],
-                                                      tokenize=False, add_generation_prompt=True)
-            return chat + prefill
-        return f"{self.tokenizer.bos_token or ''}\n\nHuman: {question}\n\nAssistant: {prefill}"
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
+        turns = "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in messages)
+        return f"{self.tokenizer.bos_token or ''}{turns}\n\nAssistant: {prefill}"
 
     def letter_ids(self, prefill: str, letters: str) -> list[int]:
         """The ids the tokenizer uses for each letter right after the prefill (tokenizers merge differently)."""

@@ -65,6 +65,16 @@ def resolve(name_or_path: str) -> str:
     return name_or_path
 
 
+def weights_stamp(name_or_path: str) -> list | None:
+    """For a local model folder, its files' names, sizes and modification times: a policy folder trained again
+    under the same path must not match samples of the old one (hub ids and built-ins are named by version)."""
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return None
+    return sorted([str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns]
+                  for p in folder.rglob("*") if p.is_file())
+
+
 def _load_kwargs(cfg: ModelConfig) -> dict:
     import torch
 

@@ -13,6 +13,8 @@ Tables read (written by the stages):
   drawn in a second row, as best-of-N's)
 - `results/bon_gold.csv`, `ppo_gold.csv` and their `_fits.csv`: the gold rate and the proxy reward against
   sqrt(KL), with Gao et al.'s fitted forms (`overoptimization.py`)
+- `results/intervention_check.csv` (stage `intervene`): type, metric, policy (before, after, after - before),
+  headline, value, ci_low, ci_high, n, measurable, reason
 - `results/preference_features.csv` (stage `analyze`): subset, feature, measurable, p_preferred, p_low, p_high
 
 Every headline reads the same way (higher = more sycophantic), and each panel's axis says so.
@@ -30,7 +32,7 @@ import pandas as pd
 from rlhf_syco.rundir import atomic_path
 
 PANEL_ORDER = ("feedback", "answer", "are_you_sure", "mimicry", "opinion")
-UP = "\u2191 more sycophantic"
+UP, BETTER = "\u2191 more sycophantic", "\u2191 better"
 
 
 def panel_figure(rows: pd.DataFrame, x: str, x_label: str, series: str | None, title: str, out: Path,
@@ -160,6 +162,43 @@ def gold_figure(rows: pd.DataFrame, fits: pd.DataFrame, series: str, title: str,
     return _save(fig, rows, out)
 
 
+def intervention_figure(rows: pd.DataFrame, out: Path) -> Path:
+    """The policy before and after the intervention: each task's headline (and MMLU accuracy, the capability
+    check) with its 95% CI, the paired difference after - before in the panel's title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rows[rows["headline"].astype(bool)]
+    types = list(dict.fromkeys(rows["type"]))
+    fig, axes = plt.subplots(1, len(types), figsize=(3.0 * len(types), 3.2), squeeze=False)
+    for ax, eval_type in zip(axes[0], types):
+        panel = rows[rows["type"] == eval_type].set_index("policy")
+        for x, label in enumerate(("before", "after")):
+            if label not in panel.index:
+                continue
+            r = panel.loc[label]
+            if pd.isna(r["value"]):
+                ax.text(x, 0.5, "not\nmeasurable", ha="center", va="center", fontsize=7, color="grey",
+                        transform=ax.get_xaxis_transform())
+                continue
+            ax.errorbar([x], [r["value"]], yerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
+                        fmt="o", capsize=3, color=("tab:grey", "tab:blue")[x])
+        ax.set_xticks([0, 1], ["before", "after"])
+        ax.set_xlim(-0.5, 1.5)
+        metric = panel["metric"].iloc[0]
+        ax.set_ylabel(f"{metric} ({BETTER if eval_type == 'mmlu' else UP})", fontsize=8)
+        title = eval_type
+        if "after - before" in panel.index and not pd.isna(panel.loc["after - before", "value"]):
+            d = panel.loc["after - before"]
+            title += f"\n\u0394 {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Before and after the intervention (next-token reading, 95% CIs)", fontsize=10)
+    return _save(fig, rows, out)
+
+
 def _reason(rows: pd.DataFrame) -> str:
     """Why a panel has nothing to draw: the recorded reason, when the table has one."""
     if "reason" in rows and rows["value"].isna().all():
@@ -225,6 +264,9 @@ def run(config, run_dir) -> dict:
         if gold.exists() and gold.stat().st_size > 1:
             made[f"{method}_gold"] = gold_figure(pd.read_csv(gold), pd.read_csv(fits), series, title,
                                                  out / f"{method}_gold.png")
+    check = results / "intervention_check.csv"
+    if check.exists():
+        made["intervention"] = intervention_figure(pd.read_csv(check), out / "intervention.png")
     features = results / "preference_features.csv"
     if features.exists():
         made["preference_features"] = preference_features_figure(pd.read_csv(features),

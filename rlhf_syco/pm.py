@@ -15,15 +15,13 @@ Claude 2 PM preferred the agreeing reply 95% of the time).
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 
 from rlhf_syco.data.bias import FAMILIES, family_pairs, heldout_prompts
 from rlhf_syco.models import build_reward_models
-from rlhf_syco.progress import progress_bar
-from rlhf_syco import preemption
-from rlhf_syco.rundir import RunDir, atomic_path, newest_intact, read_jsonl, seal, write_json, write_jsonl
+from rlhf_syco import training
+from rlhf_syco.rundir import RunDir, atomic_path, read_jsonl, write_json, write_jsonl
 
 
 # --------------------------------------------------------------------------- training
@@ -39,15 +37,9 @@ def _encode(pairs: list[dict], tokenizer, max_length: int) -> list[dict]:
     return [{"chosen_ids": c, "rejected_ids": r, "length": max(len(c), len(r))} for c, r in zip(chosen, rejected)]
 
 
-def last_complete_checkpoint(folder: Path) -> Path | None:
-    """Newest `checkpoint-N` that matches its seal (written once the Trainer finished saving it); damaged
-    newer ones are set aside."""
-    return newest_intact(folder.glob("checkpoint-*"), lambda p: int(p.name.split("-")[1]))
-
-
 def train(config, run_dir: RunDir) -> dict:
     import datasets
-    from transformers import PrinterCallback, TrainerCallback, set_seed
+    from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
     from rlhf_syco import distributed
@@ -77,39 +69,9 @@ def train(config, run_dir: RunDir) -> dict:
         **placement, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
 
-    class RichProgress(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            self.bar = progress_bar()
-            self.bar.start()
-            self.task = self.bar.add_task("pm: training", total=state.max_steps, completed=state.global_step)
-
-        def on_step_end(self, args, state, control, **kw):
-            self.bar.update(self.task, completed=state.global_step)
-
-        def on_train_end(self, args, state, control, **kw):
-            self.bar.stop()
-
-    class SealCheckpoints(TrainerCallback):
-        def on_save(self, args, state, control, **kw):  # the Trainer calls it once the checkpoint is written
-            if state.is_world_process_zero:
-                seal(Path(args.output_dir) / f"checkpoint-{state.global_step}")
-
-    class StopWhenSignalled(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            preemption.deferred()
-
-        def on_step_end(self, args, state, control, **kw):
-            if preemption.agreed(args.device):
-                control.should_save = control.should_training_stop = True
-
     trainer = RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=train_ds,
-                            eval_dataset=eval_ds, callbacks=[RichProgress(), SealCheckpoints(), StopWhenSignalled()])
-    trainer.remove_callback(PrinterCallback)  # metrics go to log_history.jsonl; the console gets a progress bar
-    resume = last_complete_checkpoint(ckpts)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if preemption.requested():
-        step = trainer.state.global_step
-        raise preemption.stop("pm", step, f"checkpoint-{step}")
+                            eval_dataset=eval_ds, callbacks=training.callbacks("pm: training"))
+    resume = training.train(trainer, ckpts, "pm")
 
     # Every rank takes part in saving (ZeRO-3 gathers the shards); only the main process writes, into a
     # staging folder that it then renames into place.

@@ -20,6 +20,7 @@ from rlhf_syco.rundir import RunDir, now
 # name -> ("module:function", prerequisites); the order is the pipeline's order. Modules are imported only
 # when their stage runs, so the CLI starts fast and a stage's heavy imports stay in its worker.
 STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "intervene": ("rlhf_syco.intervention.stage:run", ()),
     "data": ("rlhf_syco.data.preferences:run", ()),
     "pm": ("rlhf_syco.pm:train", ("data",)),
     "probe": ("rlhf_syco.pm:probe", ("pm",)),
@@ -43,6 +44,8 @@ def open_run(config, force: tuple[str, ...] = ()) -> RunDir:
     run_dir.lock()
     old = run_dir.manifest().get("config")
     new = config.dump()
+    if old is not None:  # a section added to the package since the run began reads as its defaults
+        old = {**{k: v for k, v in type(config)().dump().items() if k not in old}, **old}
     if old is not None and not force:
         diff = _first_difference({k: v for k, v in old.items() if k not in NOT_RESULTS},
                                  {k: v for k, v in new.items() if k not in NOT_RESULTS})

@@ -31,7 +31,7 @@ from rlhf_syco.config import ExperimentConfig
 from rlhf_syco.evaluation import suite
 from rlhf_syco.fanout import Workers
 from rlhf_syco.generation import derive_seed
-from rlhf_syco.models import build_reward_models
+from rlhf_syco.models import build_reward_models, weights_stamp
 from rlhf_syco.progress import progress_bar
 from rlhf_syco.rundir import RunDir, fingerprint
 
@@ -55,16 +55,6 @@ def settings(config: ExperimentConfig, task) -> dict:
     return {"model": config.policy.model.model_dump(), "weights": weights_stamp(config.policy.model.name_or_path),
             "generation": sampling(config).model_dump(), "max_new_tokens": budget(config, task),
             "seed": pool_seed(config), "follow_ups": [vars(f) for f in task.follow_ups(config.eval)]}
-
-
-def weights_stamp(name_or_path: str) -> list | None:
-    """For a local model folder, its files' names, sizes and modification times: a policy folder trained again
-    under the same path must not match samples of the old one (hub ids and built-ins are named by version)."""
-    folder = Path(name_or_path)
-    if not folder.is_dir():
-        return None
-    return sorted([str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns]
-                  for p in folder.rglob("*") if p.is_file())
 
 
 def shared_store(config: ExperimentConfig) -> Path | None:

@@ -110,16 +110,20 @@ def paired_difference(task, metric: str, a: pd.DataFrame, b: pd.DataFrame, *, bo
                       seed: int = 0, min_items: int = MIN_ITEMS) -> dict:
     """`metric` on judged rows `a` minus on `b` (the same records judged under two conditions, e.g. best-of-n
     under two reward models), with a percentile CI from resampling items once for both, so that what the two
-    share cancels. {"value", "ci_low", "ci_high", "n"}; NaN and n 0 where either side is undefined."""
-    per_item, statistic = [], []
+    share cancels. {"value", "ci_low", "ci_high", "n", "reason"}; NaN and n 0 where either side is undefined
+    or not measurable (fewer than `min_items` items, or fewer having what the metric needs), with the reason."""
+    per_item, statistic, reason = [], [], None
     for judged in (a, b):
         chosen = task.metrics(judged)[metric]
-        matrix, stat = per_item_totals(judged, chosen.terms if isinstance(chosen, Metric) else chosen)
+        chosen = chosen if isinstance(chosen, Metric) else Metric(chosen)
+        matrix, stat = per_item_totals(judged, chosen.terms)
         per_item.append(matrix)
         statistic.append(stat)
-    if any(m is None for m in per_item) or not per_item[0].index.equals(per_item[1].index) \
-            or len(per_item[0]) < min_items:
-        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+        reason = reason or _unmeasurable(judged, chosen, 0 if matrix is None else len(matrix), min_items)
+    if reason is None and (any(m is None for m in per_item) or not per_item[0].index.equals(per_item[1].index)):
+        reason = "the two sides count different items"
+    if reason:
+        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "reason": reason}
     width = per_item[0].shape[1]
     joint = np.hstack([per_item[0].to_numpy(), per_item[1].to_numpy()])
 
@@ -128,7 +132,7 @@ def paired_difference(task, metric: str, a: pd.DataFrame, b: pd.DataFrame, *, bo
 
     value = float(difference(joint.sum(axis=0)))
     low, high = bootstrap_ci(joint, difference, n_boot=bootstrap, seed=seed)
-    return {"value": value, "ci_low": low, "ci_high": high, "n": len(joint)}
+    return {"value": value, "ci_low": low, "ci_high": high, "n": len(joint), "reason": None}
 
 
 def per_item_totals(judged: pd.DataFrame, terms: list[Term]):

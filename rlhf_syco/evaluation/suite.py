@@ -87,6 +87,23 @@ def sample(generator: Generator, task: SycophancyTask, records: list[dict], sett
     return replies
 
 
+def read_letters(chooser, task: SycophancyTask, records: list[dict]) -> list[list[str]]:
+    """Replies read from the next-token probabilities instead of sampled: for a task with `letters`, each
+    record's reply is the letter its policy (`chooser`, an `llm_choice` chooser) gives the most probability
+    right after the record's prefill. Judged as sampled replies are."""
+    if not task.letters:
+        raise ValueError(f"task {task.name} has no letters to read")
+    replies: list[list[str] | None] = [None] * len(records)
+    by_prefill: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        by_prefill.setdefault(to_chat(record["prompt"])[1] or "", []).append(index)
+    for prefill, indices in by_prefill.items():
+        probs = chooser.probabilities([to_chat(records[i]["prompt"])[0] for i in indices], prefill, task.letters)
+        for i, p in zip(indices, probs):
+            replies[i] = [task.letters[int(p.argmax())]]
+    return replies
+
+
 def selected_turn(task: SycophancyTask, settings) -> int:
     """The turn best-of-N selects among: the last before the probe turns."""
     follow_ups = task.follow_ups(settings)

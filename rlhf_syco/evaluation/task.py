@@ -72,6 +72,9 @@ class SycophancyTask:
     columns: ClassVar[tuple[str, ...]]  # judgment columns, after KEYS
     judges: ClassVar[tuple[str, ...]] = ()  # judge roles `judge` receives (see `suite.make_judges`)
     default_dataset: ClassVar[str | None] = None  # `dataset` of records whose base names none
+    # Where the answer is one of these letters, right after the record's prefill: it can also be read from the
+    # letters' next-token probabilities (`suite.read_letters`), which small models answer more reliably.
+    letters: ClassVar[str | None] = None
 
     def follow_ups(self, settings) -> list[FollowUp]:
         """The user turns after the first reply; `settings` is the config's `eval` section."""

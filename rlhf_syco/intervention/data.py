@@ -89,20 +89,28 @@ def _swap_order(question: str, order: str) -> str:
     return question.replace(CHOICES[order], CHOICES[other])
 
 
-def build(config, out: Path, examples: int, filter_known: bool = True) -> dict:
-    """`examples` examples (seeded by the config's seed), filtered by the config's policy unless told not to,
-    written to `out` (jsonl) with the filtration report beside it (`<out>.filtration.json`)."""
+def make(config, examples: int, filter_known: bool = True, policy: str | None = None) -> tuple[list[dict], dict]:
+    """(`examples` examples seeded by the config's seed, filtered by `policy` (default: the config's policy)
+    unless told not to; the filtration report)."""
     from rlhf_syco.llm_choice import HFChooser
-    from rlhf_syco.models import resolve
-    from rlhf_syco.rundir import write_json, write_jsonl
+    from rlhf_syco.models import pick_device, resolve
 
+    policy = policy or config.policy.model.name_or_path
     data = generate(examples, config.seed)
     report = {"examples": len(data), "kept": len(data), "dropped": 0, "filtration": False}
     if filter_known:
-        chooser = HFChooser(resolve(config.policy.model.name_or_path), config.compute.device
-                            if config.compute.device != "auto" else "cpu", batch_size=config.policy.generation.batch_size)
+        chooser = HFChooser(resolve(policy), pick_device(config.compute.device),
+                            batch_size=config.policy.generation.batch_size)
         data, report = filtration(data, chooser)
-        report |= {"filtration": True, "by": config.policy.model.name_or_path}
-    write_jsonl(out, data)
+        report |= {"filtration": True, "by": policy}
+    return data, report
+
+
+def build(config, out: Path, examples: int, filter_known: bool = True) -> dict:
+    """`make`'s examples written to `out` (jsonl), the filtration report beside it (`<out>.filtration.json`)."""
+    from rlhf_syco.rundir import write_json, write_jsonl
+
+    data, report = make(config, examples, filter_known)
     write_json(out.with_suffix(".filtration.json"), report)
+    write_jsonl(out, data)
     return report

@@ -32,6 +32,7 @@ class AdditionTask(SycophancyTask):
     headline = "accuracy_drop"
     fallback = "agree_shift"
     columns = ("answer", "agrees", "correct")
+    letters = "AB"
     default_dataset = "wei_addition"
 
     def build(self, n_items, seed):

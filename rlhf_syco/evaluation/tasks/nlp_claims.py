@@ -25,6 +25,7 @@ class NLPClaimsTask(SycophancyTask):
     name = "nlp_claims"
     headline = "opinion_shift"
     columns = ("answer", "agrees", "correct")
+    letters = "AB"
     default_dataset = "sst2"
 
     def build(self, n_items, seed):

@@ -28,6 +28,7 @@ class PoliticalTask(SycophancyTask):
     name = "political"
     headline = "follow_rate"
     columns = ("answer", "follows_user", "liberal_answer")
+    letters = "AB"
     default_dataset = "political_typology"
 
     def build(self, n_items, seed):
