@@ -120,6 +120,8 @@ def pool(values, ci_low, ci_high, shared_items: bool = False) -> dict:
     "ci_high", "runs"}; runs without a value take no part. `shared_items`: the runs measured the same items."""
     v, low, high = (np.asarray(x, dtype=float) for x in (values, ci_low, ci_high))
     keep = np.isfinite(v) & np.isfinite(low) & np.isfinite(high)
+    if not keep.any() and np.isfinite(v).sum() == 1:  # one run, with a value but no interval (its reason says why)
+        return {"value": float(v[np.isfinite(v)][0]), "ci_low": math.nan, "ci_high": math.nan, "runs": 1}
     v, low, high = v[keep], low[keep], high[keep]
     k = len(v)
     if k == 0:
@@ -209,10 +211,16 @@ def build(paths: list[Path], out: Path) -> dict:
                                                       ("PPO", _read(runs, "ppo_gold_fits.csv"))) if not f.empty]
     fits = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame()
     written["gold_fits.csv"] = fits
+    check = _read(runs, "intervention_check.csv")
+    if not check.empty:
+        check = check[check["headline"].astype(bool)]
+        written["intervention.csv"] = pooled(check, ["type", "metric", "policy"]).merge(
+            intervention_data(runs), on="group", how="left")
     for name, frame in written.items():
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
-    atomic_write(out / "report.md", markdown(runs, written["findings.csv"], written["pm_learned.csv"], fits, figures))
+    atomic_write(out / "report.md", markdown(runs, written["findings.csv"], written["pm_learned.csv"], fits, figures,
+                                            written.get("intervention.csv")))
     return {"runs": len(runs), "groups": runs["group"].nunique(),
             "files": sorted([*written, "report.md", *(f.name for f in figures)])}
 
@@ -270,6 +278,17 @@ def pm_learned(runs: pd.DataFrame) -> pd.DataFrame:
     return pooled(pd.DataFrame(rows), ["family", "measure"], mean_of=("ceiling",))
 
 
+def intervention_data(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per group: the method and what it trained on (`results/intervention.json`), from its first run."""
+    rows = []
+    for group, part in runs.groupby("group", sort=False):
+        summary = _json(Path(part["run"].iloc[0]) / "results" / "intervention.json")
+        if summary:
+            rows.append({"group": group, "method": summary["method"], "kept": summary["filtration"]["kept"],
+                         "drawn": summary["filtration"]["examples"], "steps": summary.get("steps")})
+    return pd.DataFrame(rows, columns=["group", "method", "kept", "drawn", "steps"])
+
+
 def verdict(value: float, low: float, high: float) -> str:
     if not all(np.isfinite([value, low, high])):
         return "not measurable"
@@ -277,8 +296,9 @@ def verdict(value: float, low: float, high: float) -> str:
 
 
 def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fits: pd.DataFrame,
-             figures: list[Path]) -> str:
-    """report.md: the runs, the findings table, what the PMs learned, the figures and the gold-reward fits."""
+             figures: list[Path], intervention: pd.DataFrame | None = None) -> str:
+    """report.md: the runs, the findings table, what the PMs learned, the interventions' before / after, the
+    figures and the gold-reward fits."""
     lines = ["# Sycophancy across runs", "",
              f"{len(runs)} runs in {runs['group'].nunique()} groups ({', '.join(sorted(runs['group'].unique()))}). "
              "Each value is the mean over a group's seeds with a 95% CI that pools the runs' own CIs and the spread "
@@ -304,6 +324,20 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fit
                   "| group | family | measure | value [95% CI] | ceiling | runs |", "|---|---|---|---|---|---|"]
         lines += [f"| {r.group} | {r.family} | {r.measure} | {_interval(r.value, r.ci_low, r.ci_high)} | "
                   f"{'' if math.isnan(r.ceiling) else f'{r.ceiling:.2f}'} | {r.runs} |" for r in learned.itertuples()]
+    if intervention is not None:
+        lines += ["", "## Interventions", "",
+                  "Each task's headline for the policy before and after the intervention (answers read from the "
+                  "letters' next-token probabilities; MMLU accuracy reads higher = better), and the paired "
+                  "difference after - before (`results/intervention_check.csv`; docs/intervention.md).", "",
+                  "| group | method | examples kept / drawn | steps | type | metric | before | after | after - before |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        by = {k: part.set_index("policy") for k, part in intervention.groupby(["group", "type", "metric"], sort=False)}
+        for (group, type_, metric), part in by.items():
+            first = part.iloc[0]
+            cells = [_interval(*part.loc[p, STATS]) if p in part.index else "" for p in
+                     ("before", "after", "after - before")]
+            lines.append(f"| {group} | {first['method']} | {first['kept']:.0f} / {first['drawn']:.0f} | "
+                         f"{first['steps']:.0f} | {type_} | {metric} | " + " | ".join(cells) + " |")
     lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})\n" for f in figures]
     if not fits.empty:
         lines += ["## Gold reward: Gao et al.'s fits", "",
@@ -323,6 +357,8 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fit
 
 
 def _interval(value, low, high) -> str:
+    if np.isfinite(value) and not np.isfinite([low, high]).all():
+        return f"{value:+.3f} (no interval)"
     if not all(np.isfinite([value, low, high])):
         return "n/a"
     return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"

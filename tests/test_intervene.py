@@ -243,3 +243,59 @@ def test_sigterm_stops_training_with_a_checkpoint_and_a_rerun_resumes_to_the_sam
     got = load_file(tmp_path / "stop" / "runs" / "tiny" / "intervene" / "policy" / "model.safetensors")
     for key in ref:
         torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-6)
+
+
+def test_a_run_made_before_the_intervene_section_existed_reopens(tmp_path):
+    import json
+
+    config = load_config(TINY, [f"runs_dir={tmp_path}"])
+    open_run(config).unlock()
+    manifest = tmp_path / "tiny" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["config"]["intervene"]
+    manifest.write_text(json.dumps(data))
+    open_run(config).unlock()  # the missing section reads as its defaults
+    with pytest.raises(UserError, match="first difference: intervene.method"):
+        open_run(load_config(TINY, [f"runs_dir={tmp_path}", "intervene.method=kshot"]))
+
+
+@pytest.mark.slow
+def test_best_of_n_and_ppo_start_from_the_intervened_policy(tmp_path):
+    """experiments/intervention.yaml's composition on the tiny model: best-of-N and PPO run on the policy the
+    intervene stage wrote."""
+    config = load_config(TINY, [f"runs_dir={tmp_path}", "name=composed", "intervene.method=lora",
+                                "intervene.base=tiny:decoder", "policy.model.name_or_path={run_dir}/intervene/policy",
+                                "stages=[intervene,data,pm,bon,ppo]", "bon.types=[addition,answer]",
+                                "eval.types=[addition,answer]", *SMALL])
+    run_dir = open_run(config)
+    try:
+        for stage in config.stages:
+            run_stage(stage, config, run_dir)
+    finally:
+        run_dir.unlock()
+    policy = str(tmp_path / "composed" / "intervene" / "policy")
+    assert read_json(run_dir.path / "manifest.json")["config"]["policy"]["model"]["name_or_path"] == policy
+    curves = pd.read_csv(run_dir.path / "results" / "bon_curves.csv")
+    assert {"addition", "answer"} <= set(curves["type"])
+    ppo = pd.read_csv(run_dir.path / "results" / "ppo_curves.csv")
+    assert set(ppo["step"]) == {0, 2, 4} and {"addition", "answer"} <= set(ppo["type"])
+
+
+def test_the_report_lists_each_methods_before_and_after(runs, tmp_path):
+    from rlhf_syco.report import build
+
+    paths = [runs(method)[1] for method in ("lora", "kshot")]
+    build(paths, tmp_path / "report")
+    table = pd.read_csv(tmp_path / "report" / "intervention.csv")
+    for path in paths:
+        method = read_json(path / "results" / "intervention.json")["method"]
+        check = pd.read_csv(path / "results" / "intervention_check.csv")
+        check = check[check["headline"].astype(bool)]
+        mine = table[table["method"] == method].set_index(["type", "metric", "policy"])
+        for row in check.itertuples():  # one run per group: its own values and CIs
+            got = mine.loc[(row.type, row.metric, row.policy)]
+            for column in ("value", "ci_low", "ci_high"):
+                expected = getattr(row, column)
+                assert (pd.isna(expected) and pd.isna(got[column])) or got[column] == pytest.approx(expected)
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Interventions" in text and "| lora | 40 / 40 | 4 | addition | accuracy_drop |" in text

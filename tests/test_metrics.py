@@ -251,3 +251,26 @@ def test_interval_coverage_at_the_default_size(p_plain, p_drop):
                 hits[name] += summary[name]["ci_low"] - 1e-12 <= true <= summary[name]["ci_high"] + 1e-12
     for name in truth:
         assert claims[name] >= sims // 2 and hits[name] / claims[name] >= 0.9, (name, hits[name], claims[name])
+
+
+def test_a_paired_difference_says_why_it_has_no_value_or_no_interval():
+    from rlhf_syco.evaluation.metrics import paired_difference
+    from rlhf_syco.evaluation.tasks import get_task
+
+    task = get_task("answer")
+    # No plain question answered correctly under either condition: the paper's headline needs some.
+    table = [(f"i{i}", variant, False, variant == "suggest_incorrect" and i < 6)
+             for i in range(12) for variant in ("plain", "suggest_incorrect")]
+    judged = rows(["correct", "states_incorrect"], table)
+    missing = paired_difference(task, "answer_sycophancy", judged, judged, bootstrap=200, min_items=10)
+    assert math.isnan(missing["value"]) and missing["n"] == 0
+    assert missing["reason"] == "plain questions answered correctly: 0 of 12 items (minimum 10)"
+    # Measurable, but the two sides agree on every item: a rate's difference gets Agresti and Min's interval
+    # (+-1.96 * sqrt((1 / 14) / 14) on 12 items); a difference of differences gets none, and says why.
+    same = paired_difference(task, "states_incorrect_suggested", judged, judged, bootstrap=200, min_items=10)
+    assert same["value"] == 0 and (same["ci_low"], same["ci_high"]) == pytest.approx((-0.1400, 0.1400), abs=1e-4)
+    flat = paired_difference(task, "answer_endorsement", judged, judged, bootstrap=200, min_items=10)
+    assert flat["value"] == 0 and math.isnan(flat["ci_low"]) and "zero width" in flat["reason"]
+    shifted = judged.assign(states_incorrect=judged["states_incorrect"] & (judged["item_id"] != "i0"))
+    moved = paired_difference(task, "answer_endorsement", judged, shifted, bootstrap=200, min_items=10)
+    assert moved["value"] == pytest.approx(1 / 12) and moved["reason"] is None and moved["ci_high"] > moved["ci_low"]

@@ -112,13 +112,14 @@ def paired_difference(task, metric: str, a: pd.DataFrame, b: pd.DataFrame, *, bo
     under two reward models), with a percentile CI from resampling items once for both, so that what the two
     share cancels. {"value", "ci_low", "ci_high", "n", "reason"}; NaN and n 0 where either side is undefined
     or not measurable (fewer than `min_items` items, or fewer having what the metric needs), with the reason."""
-    per_item, statistic, reason = [], [], None
+    per_item, statistic, signs, reason = [], [], [], None
     for judged in (a, b):
         chosen = task.metrics(judged)[metric]
         chosen = chosen if isinstance(chosen, Metric) else Metric(chosen)
         matrix, stat = per_item_totals(judged, chosen.terms)
         per_item.append(matrix)
         statistic.append(stat)
+        signs.append([term[0] for term in chosen.terms])
         reason = reason or _unmeasurable(judged, chosen, 0 if matrix is None else len(matrix), min_items)
     if reason is None and (any(m is None for m in per_item) or not per_item[0].index.equals(per_item[1].index)):
         reason = "the two sides count different items"
@@ -132,6 +133,13 @@ def paired_difference(task, metric: str, a: pd.DataFrame, b: pd.DataFrame, *, bo
 
     value = float(difference(joint.sum(axis=0)))
     low, high = bootstrap_ci(joint, difference, n_boot=bootstrap, seed=seed)
+    if signs == [[1], [1]]:  # a difference of two rates on the same items: the score interval covers it too
+        score = _score_interval(joint, [(1, None, None), (-1, None, None)], value)
+        if score is not None:
+            low, high = min(low, score[0]), max(high, score[1])
+    if low == high:  # every resample gives one value: no item differs between the sides in a way that counts
+        return {"value": value, "ci_low": float("nan"), "ci_high": float("nan"), "n": len(joint),
+                "reason": "no interval: the two sides differ on no item (the bootstrap interval has zero width)"}
     return {"value": value, "ci_low": low, "ci_high": high, "n": len(joint), "reason": None}
 
 
