@@ -64,15 +64,17 @@ class HFChooser:
     def probabilities(self, questions: list[str], prefill: str, letters: str) -> np.ndarray:
         ids = self.letter_ids(prefill, letters)
         prompts = [self.prompt(q, prefill) for q in questions]
-        out = []
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batches of similar length: less padding
+        out = np.zeros((len(prompts), len(letters)))
         for start in range(0, len(prompts), self.batch_size):
-            batch = self.tokenizer(prompts[start:start + self.batch_size], return_tensors="pt", padding=True,
+            rows = order[start:start + self.batch_size]
+            batch = self.tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
                                    add_special_tokens=False).to(self.device)
             positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
             with self.torch.inference_mode():
                 logits = self.model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1]
-            out.append(logits[:, ids].float().softmax(-1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(letters)))
+            out[rows] = logits[:, ids].float().softmax(-1).cpu().numpy()
+        return out
 
 
 class OpenAIChooser:
