@@ -162,6 +162,37 @@ def gold_figure(rows: pd.DataFrame, fits: pd.DataFrame, series: str, title: str,
     return _save(fig, rows, out)
 
 
+def interventions_figure(rows: pd.DataFrame, out: Path) -> Path:
+    """Several interventions side by side (`group` column: one per run group): each task's headline before and
+    after, with 95% CIs, one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    types = list(dict.fromkeys(rows["type"]))
+    groups = list(dict.fromkeys(rows["group"]))
+    fig, axes = plt.subplots(1, len(types), figsize=(1.1 * len(groups) + 2.2 * len(types), 3.6), squeeze=False)
+    for ax, eval_type in zip(axes[0], types):
+        panel = rows[rows["type"] == eval_type]
+        for x, group in enumerate(groups):
+            for offset, policy, colour in ((-0.12, "before", "tab:grey"), (0.12, "after", "tab:blue")):
+                r = panel[(panel["group"] == group) & (panel["policy"] == policy)]
+                if r.empty or pd.isna(r["value"].iloc[0]):
+                    continue
+                r = r.iloc[0]
+                err = [[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]] if not pd.isna(r["ci_low"]) else None
+                ax.errorbar([x + offset], [r["value"]], yerr=err, fmt="o", capsize=2, color=colour,
+                            label=policy if x == 0 else None)
+        ax.set_xticks(range(len(groups)), groups, rotation=40, ha="right", fontsize=7)
+        ax.set_ylabel(f"{panel['metric'].iloc[0]} ({BETTER if eval_type == 'mmlu' else UP})", fontsize=8)
+        ax.set_title(eval_type, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Before and after each intervention (next-token reading, 95% CIs)", fontsize=10)
+    return _save(fig, rows, out)
+
+
 def intervention_figure(rows: pd.DataFrame, out: Path) -> Path:
     """The policy before and after the intervention: each task's headline (and MMLU accuracy, the capability
     check) with its 95% CI, the paired difference after - before in the panel's title."""

@@ -163,7 +163,7 @@ def _read(runs: pd.DataFrame, name: str) -> pd.DataFrame:
 
 def build(paths: list[Path], out: Path) -> dict:
     """Everything in the module docstring, written to `out`; returns {"runs", "groups", "files"}."""
-    from rlhf_syco.plots import panel_figure
+    from rlhf_syco.plots import interventions_figure, panel_figure
 
     runs = label_runs(find_runs(paths))
     if out.exists() and not out.is_dir():
@@ -216,6 +216,7 @@ def build(paths: list[Path], out: Path) -> dict:
         check = check[check["headline"].astype(bool)]
         written["intervention.csv"] = pooled(check, ["type", "metric", "policy"]).merge(
             intervention_data(runs), on="group", how="left")
+        figures.append(interventions_figure(written["intervention.csv"], out / "interventions.png"))
     for name, frame in written.items():
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)

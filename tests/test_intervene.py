@@ -299,3 +299,20 @@ def test_the_report_lists_each_methods_before_and_after(runs, tmp_path):
                 assert (pd.isna(expected) and pd.isna(got[column])) or got[column] == pytest.approx(expected)
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Interventions" in text and "| lora | 40 / 40 | 4 | addition | accuracy_drop |" in text
+
+
+def test_instruction_examples_are_mixed_in_at_the_ratio():
+    from rlhf_syco.intervention.data import generate
+    from rlhf_syco.intervention.stage import mixed
+
+    examples = generate(20, 0)
+    config = load_config(TINY, ["intervene.method=lora", "intervene.instruction_ratio=0.2"])
+    rows = mixed(config, examples)
+    instructions = [r for r in rows if r["dataset"] == "hh-rlhf"]
+    assert len(rows) == 24 and len(instructions) == 4 and rows != examples + instructions  # Wei et al.'s 5 : 1, shuffled
+    sft = methods.sft_rows(instructions)
+    assert all(r["prompt"][-1]["role"] == "user" and r["completion"][0]["content"] for r in sft)
+    assert methods.sft_rows(examples[:1])[0]["completion"][0]["content"] == f"{PREFILL}{examples[0]['answer']})"
+    assert mixed(load_config(TINY, ["intervene.method=kshot"]), examples) == \
+        mixed(load_config(TINY, ["intervene.method=kshot"]), examples) and \
+        len(mixed(load_config(TINY, ["intervene.method=kshot"]), examples)) == 3
