@@ -133,7 +133,7 @@ def write_policy(config, base: str, shown: list[dict], out: Path) -> dict:
             write_jsonl(out / "log_history.jsonl", trained["history"])
             summary = trained["summary"]
             del model, trained
-    write_json(out / "policy_training.json", summary)
+        write_json(out / "policy_training.json", summary)  # before the folder is renamed into place
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return summary
 
