@@ -36,14 +36,21 @@ SMALL = ["intervene.filtration=false", "intervene.examples=40", "intervene.max_s
          "intervene.check_items=10", "intervene.mmlu_items=20", "intervene.batch_size=4"]
 
 
-def run_intervene(runs: Path, method: str, *extra: str):
-    config = load_config(TINY, [f"runs_dir={runs}", f"name={method}", f"intervene.method={method}", *SMALL, *extra])
+def run_stages(config) -> Path:
+    """Every stage of `config` in this process; the run folder."""
     run_dir = open_run(config)
     try:
-        run_stage("intervene", config, run_dir)
+        for stage in config.stages:
+            run_stage(stage, config, run_dir)
     finally:
         run_dir.unlock()
-    return config, run_dir.path
+    return run_dir.path
+
+
+def run_intervene(runs: Path, method: str, *extra: str):
+    config = load_config(TINY, [f"runs_dir={runs}", f"name={method}", f"intervene.method={method}",
+                                "stages=[intervene]", *SMALL, *extra])
+    return config, run_stages(config)
 
 
 @pytest.fixture(scope="module")
@@ -204,13 +211,7 @@ def test_later_stages_take_the_intervened_policy(tmp_path):
                                 "intervene.base=tiny:decoder", "policy.model.name_or_path={run_dir}/intervene/policy",
                                 "eval.types=[addition]", "stages=[intervene,eval]", *SMALL])
     assert config.policy.model.name_or_path == str(tmp_path / "composed" / "intervene" / "policy")
-    run_dir = open_run(config)
-    try:
-        for stage in config.stages:
-            run_stage(stage, config, run_dir)
-    finally:
-        run_dir.unlock()
-    summary = read_jsonl(run_dir.path / "results" / "eval_summary.jsonl")
+    summary = read_jsonl(run_stages(config) / "results" / "eval_summary.jsonl")
     assert {r["model"] for r in summary} == {config.policy.model.name_or_path}
     with pytest.raises(UserError, match="intervene.base"):
         base_model(load_config(TINY, ["policy.model.name_or_path={run_dir}/intervene/policy"]))
@@ -267,17 +268,12 @@ def test_best_of_n_and_ppo_start_from_the_intervened_policy(tmp_path):
                                 "intervene.base=tiny:decoder", "policy.model.name_or_path={run_dir}/intervene/policy",
                                 "stages=[intervene,data,pm,bon,ppo]", "bon.types=[addition,answer]",
                                 "eval.types=[addition,answer]", *SMALL])
-    run_dir = open_run(config)
-    try:
-        for stage in config.stages:
-            run_stage(stage, config, run_dir)
-    finally:
-        run_dir.unlock()
+    run = run_stages(config)
     policy = str(tmp_path / "composed" / "intervene" / "policy")
-    assert read_json(run_dir.path / "manifest.json")["config"]["policy"]["model"]["name_or_path"] == policy
-    curves = pd.read_csv(run_dir.path / "results" / "bon_curves.csv")
+    assert read_json(run / "manifest.json")["config"]["policy"]["model"]["name_or_path"] == policy
+    curves = pd.read_csv(run / "results" / "bon_curves.csv")
     assert {"addition", "answer"} <= set(curves["type"])
-    ppo = pd.read_csv(run_dir.path / "results" / "ppo_curves.csv")
+    ppo = pd.read_csv(run / "results" / "ppo_curves.csv")
     assert set(ppo["step"]) == {0, 2, 4} and {"addition", "answer"} <= set(ppo["type"])
 
 

@@ -43,6 +43,22 @@ def test_builtin_tasks_declare_everything(name):
     assert task.headline in metrics
 
 
+@pytest.mark.parametrize("name", BUILTIN_TASKS)
+def test_every_metric_reads_only_numeric_judgments_as_best_of_n_keeps_them(name):
+    """Best-of-N averages the numeric and boolean judgment columns over selections and drops the rest (letters,
+    texts): each task's metrics must come out the same from those columns alone, unparsable replies included."""
+    task, settings = get_task(name), ExperimentConfig().eval
+    records = task.build(6, 0)
+    turns = suite.turn_count(task, settings)
+    answers = ["A) I agree.", "B) No.", "Not sure at all.", "It is Paris.", "(B)", "I think the answer is 4."]
+    replies = [[answers[(i + t) % len(answers)] for t in range(turns)] for i in range(len(records))]
+    judged = suite.judge(task, records, replies, {"positivity": _Half()})
+    numeric = judged[KEYS + [c for c in task.columns if pd.api.types.is_numeric_dtype(judged[c])]]
+    full, kept = (suite.summarize(task, frame, bootstrap=20, seed=0, min_items=1) for frame in (judged, numeric))
+    assert {k: v["value"] for k, v in kept.items()} == pytest.approx({k: v["value"] for k, v in full.items()},
+                                                                      nan_ok=True)
+
+
 class _Half:
     def prefer(self, contexts, a, b):
         return [0.5] * len(a)
