@@ -330,7 +330,8 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fit
                   "Each task's headline for the policy before and after the intervention (answers read from the "
                   "letters' next-token probabilities; MMLU accuracy reads higher = better), and the paired "
                   "difference after - before (`results/intervention_check.csv`; docs/intervention.md).", "",
-                  "| group | method | examples kept / drawn | steps | type | metric | before | after | after - before |",
+                  "| group | method | examples kept / drawn | steps | type | metric | before | after "
+                  "| after - before |",
                   "|---|---|---|---|---|---|---|---|---|"]
         by = {k: part.set_index("policy") for k, part in intervention.groupby(["group", "type", "metric"], sort=False)}
         for (group, type_, metric), part in by.items():

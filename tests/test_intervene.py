@@ -305,7 +305,8 @@ def test_instruction_examples_are_mixed_in_at_the_ratio():
     config = load_config(TINY, ["intervene.method=lora", "intervene.instruction_ratio=0.2"])
     rows = mixed(config, examples)
     instructions = [r for r in rows if r["dataset"] == "hh-rlhf"]
-    assert len(rows) == 24 and len(instructions) == 4 and rows != examples + instructions  # Wei et al.'s 5 : 1, shuffled
+    # Wei et al.'s 5 : 1, shuffled
+    assert len(rows) == 24 and len(instructions) == 4 and rows != examples + instructions
     sft = methods.sft_rows(instructions)
     assert all(r["prompt"][-1]["role"] == "user" and r["completion"][0]["content"] for r in sft)
     assert methods.sft_rows(examples[:1])[0]["completion"][0]["content"] == f"{PREFILL}{examples[0]['answer']})"

@@ -65,14 +65,16 @@ def train(config, examples: list[dict], base: str, out: Path) -> dict:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(base, dtype=config.policy.model.dtype)
+    # one process without DeepSpeed: a LoRA is merged and a soft prompt read from whole weights
+    placement = distributed.trainer_options(config.compute.model_copy(update={"deepspeed_stage": 0}))
     args = SFTConfig(
         output_dir=str(out / "checkpoints"), learning_rate=iv.learning_rate, num_train_epochs=iv.epochs,
         max_steps=iv.max_steps, per_device_train_batch_size=iv.batch_size, max_length=iv.max_length,
-        gradient_checkpointing=iv.gradient_checkpointing, save_strategy="steps", save_steps=iv.save_steps, save_total_limit=2, logging_steps=iv.logging_steps,
-        seed=config.seed, data_seed=config.seed, warmup_steps=0.05, lr_scheduler_type="linear",
-        bf16=config.compute.mixed_precision == "bf16", fp16=config.compute.mixed_precision == "fp16",
-        # one process without DeepSpeed: a LoRA is merged and a soft prompt read from whole weights
-        **distributed.trainer_options(config.compute.model_copy(update={"deepspeed_stage": 0})), report_to=[], disable_tqdm=True, dataloader_num_workers=0)
+        gradient_checkpointing=iv.gradient_checkpointing, save_strategy="steps", save_steps=iv.save_steps,
+        save_total_limit=2, logging_steps=iv.logging_steps, seed=config.seed, data_seed=config.seed,
+        warmup_steps=0.05, lr_scheduler_type="linear", bf16=config.compute.mixed_precision == "bf16",
+        fp16=config.compute.mixed_precision == "fp16", **placement, report_to=[], disable_tqdm=True,
+        dataloader_num_workers=0)
     trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(sft_rows(examples)),
                          processing_class=tokenizer, peft_config=peft_config(iv, base),
                          callbacks=training.callbacks(f"intervene: {iv.method}"))

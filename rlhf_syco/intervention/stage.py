@@ -16,6 +16,7 @@ Writes, under the run folder:
 from __future__ import annotations
 
 import gc
+import math
 import random
 import shutil
 from pathlib import Path
@@ -158,9 +159,10 @@ def before_and_after(config, run_dir: RunDir, before: str, after: str | None) ->
                                                          bootstrap=config.eval.bootstrap, seed=config.seed)
             rows += suite.metric_rows(task, metrics, policy=label)
         judged[label, "mmlu"] = mmlu_judged(questions, readings["mmlu"])
-        rows += suite.metric_rows(MMLU, {"accuracy": measure(judged[label, "mmlu"], mmlu_accuracy(judged[label, "mmlu"]),
-                                                             bootstrap=config.eval.bootstrap, seed=config.seed,
-                                                             min_items=config.eval.min_items)}, policy=label)
+        mmlu = judged[label, "mmlu"]
+        accuracy = measure(mmlu, mmlu_accuracy(mmlu), bootstrap=config.eval.bootstrap, seed=config.seed,
+                           min_items=config.eval.min_items)
+        rows += suite.metric_rows(MMLU, {"accuracy": accuracy}, policy=label)
     for name, task in [*tasks.items(), ("mmlu", MMLU)] if after else []:
         for metric in task.metrics(judged["after", name]):
             diff = paired_difference(task, metric, judged["after", name], judged["before", name],
@@ -168,7 +170,7 @@ def before_and_after(config, run_dir: RunDir, before: str, after: str | None) ->
                                      min_items=config.eval.min_items)
             headline = next(r["headline"] for r in rows if r["type"] == name and r["metric"] == metric)
             rows.append({"type": name, "metric": metric, "headline": headline, "policy": "after - before", **diff,
-                         "measurable": diff["reason"] is None})
+                         "measurable": not math.isnan(diff["value"])})
     columns = ["type", "metric", "policy", "headline", "value", "ci_low", "ci_high", "n", "measurable", "reason"]
     return pd.DataFrame(rows).reindex(columns=columns)
 
@@ -180,7 +182,8 @@ def _readings(config, run_dir: RunDir, label: str, model: str, tasks: dict, sets
 
     shared = Path(config.runs_dir) / SHARED
     stamp = {"model": model, "weights": weights_stamp(model)}
-    keys = {name: fingerprint({**stamp, "letters": task.letters, "records": sets[name]}) for name, task in tasks.items()}
+    keys = {name: fingerprint({**stamp, "letters": task.letters, "records": sets[name]})
+            for name, task in tasks.items()}
     keys["mmlu"] = fingerprint({**stamp, "letters": MMLU_LETTERS, "questions": questions})
     files = {name: run_dir.stage("intervene") / "check" / f"{label}_{name}.jsonl" for name in keys}
     out = {name: load_cached(files[name], keys[name], shared) for name in keys}
