@@ -93,7 +93,9 @@ def label_runs(runs: list[Path]) -> pd.DataFrame:
         if not isinstance(manifest.get("config"), dict) or "seed" not in manifest["config"]:
             raise UserError(f"{run / 'manifest.json'}: no config with a seed: not a run's manifest")
     configs = [m["config"] for m in manifests]
-    flat = [_flat(c) for c in configs]
+    # a path inside the run's own folder (`{run_dir}/intervene/policy`) is the same setting in every run
+    flat = [{k: v.replace(str(Path(c["runs_dir"]) / c["name"]), "{run_dir}") for k, v in _flat(c).items()}
+            for c in configs]
     keys = sorted({k for f in flat for k in f})
     varied = [k for k in keys if len({f.get(k) for f in flat}) > 1]
     groups = [", ".join(f"{k.rsplit('.', 1)[-1]}={_shown(f.get(k))}" for k in varied) or "all" for f in flat]

@@ -313,3 +313,16 @@ def test_instruction_examples_are_mixed_in_at_the_ratio():
     assert mixed(load_config(TINY, ["intervene.method=kshot"]), examples) == \
         mixed(load_config(TINY, ["intervene.method=kshot"]), examples) and \
         len(mixed(load_config(TINY, ["intervene.method=kshot"]), examples)) == 3
+
+
+def test_runs_whose_policy_is_their_own_output_group_by_what_else_differs(tmp_path):
+    import json
+
+    from rlhf_syco.report import label_runs
+
+    for name, method in (("a", "lora"), ("b", "none")):
+        config = load_config(TINY, [f"runs_dir={tmp_path}", f"name={name}", f"intervene.method={method}",
+                                    "policy.model.name_or_path={run_dir}/intervene/policy"])
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"config": config.dump()}))
+    assert list(label_runs([tmp_path / "a", tmp_path / "b"])["group"]) == ["method=lora", "method=none"]
