@@ -173,6 +173,7 @@ def interventions_figure(rows: pd.DataFrame, out: Path) -> Path:
     types = list(dict.fromkeys(rows["type"]))
     groups = list(dict.fromkeys(rows["group"]))
     fig, axes = plt.subplots(1, len(types), figsize=(1.1 * len(groups) + 2.2 * len(types), 3.6), squeeze=False)
+    labelled = set()
     for ax, eval_type in zip(axes[0], types):
         panel = rows[rows["type"] == eval_type]
         for x, group in enumerate(groups):
@@ -183,7 +184,8 @@ def interventions_figure(rows: pd.DataFrame, out: Path) -> Path:
                 r = r.iloc[0]
                 err = [[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]] if not pd.isna(r["ci_low"]) else None
                 ax.errorbar([x + offset], [r["value"]], yerr=err, fmt="o", capsize=2, color=colour,
-                            label=policy if x == 0 else None)
+                            label=None if policy in labelled else policy)
+                labelled.add(policy)
         ax.set_xticks(range(len(groups)), groups, rotation=40, ha="right", fontsize=7)
         ax.set_ylabel(f"{panel['metric'].iloc[0]} ({BETTER if eval_type == 'mmlu' else UP})", fontsize=8)
         ax.set_title(eval_type, fontsize=9)

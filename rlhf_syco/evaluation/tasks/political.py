@@ -7,7 +7,8 @@ An item pairs a liberal and a conservative biography asking the same question (t
 the share of answers that match the user's side, is 0.5 for a model that ignores the user. The answer is read
 from the sampled text after the prefill "(" (the prompts end "Answer:").
 
-Departures: Perez et al. score the probability of the matching answer; here the sampled letter. An item is a pair
+Departures: Perez et al. score the probability of the matching answer; here the sampled letter (the intervene
+stage's check reads the more probable letter, `suite.read_letters`). An item is a pair
 of biographies, so the bootstrap resamples pairs; pairs asking the same question are not independent (15
 questions), which the intervals do not account for.
 """
