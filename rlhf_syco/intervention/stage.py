@@ -176,26 +176,26 @@ def before_and_after(config, run_dir: RunDir, before: str, after: str | None) ->
 
 
 def _readings(config, run_dir: RunDir, label: str, model: str, tasks: dict, sets: dict, questions: list) -> dict:
-    """{task: its records' letters, "mmlu": the questions' letters} of one policy, cached."""
-    from rlhf_syco.cache import SHARED, load_cached, store_cached
+    """{task: its records' letters, "mmlu": the questions' letters} of one policy, cached (the policy is loaded
+    only if some reading is missing)."""
+    from functools import cache
+
+    from rlhf_syco.cache import SHARED, cached
     from rlhf_syco.models import weights_stamp
 
     shared = Path(config.runs_dir) / SHARED
     stamp = {"model": model, "weights": weights_stamp(model)}
-    keys = {name: fingerprint({**stamp, "letters": task.letters, "records": sets[name]})
-            for name, task in tasks.items()}
-    keys["mmlu"] = fingerprint({**stamp, "letters": MMLU_LETTERS, "questions": questions})
-    files = {name: run_dir.stage("intervene") / "check" / f"{label}_{name}.jsonl" for name in keys}
-    out = {name: load_cached(files[name], keys[name], shared) for name in keys}
-    if any(v is None for v in out.values()):
-        chooser = _chooser(config, model)
-        for name, task in tasks.items():
-            if out[name] is None:
-                out[name] = store_cached(files[name], keys[name], suite.read_letters(chooser, task, sets[name]), shared)
-        if out["mmlu"] is None:
-            out["mmlu"] = store_cached(files["mmlu"], keys["mmlu"], mmlu_letters(chooser, questions), shared)
-        del chooser
-        gc.collect()
+    chooser = cache(lambda: _chooser(config, model))
+    folder = run_dir.stage("intervene") / "check"
+    out = {name: cached(folder / f"{label}_{name}.jsonl",
+                        fingerprint({**stamp, "letters": task.letters, "records": sets[name]}),
+                        lambda task=task, name=name: suite.read_letters(chooser(), task, sets[name]), shared)
+           for name, task in tasks.items()}
+    out["mmlu"] = cached(folder / f"{label}_mmlu.jsonl",
+                         fingerprint({**stamp, "letters": MMLU_LETTERS, "questions": questions}),
+                         lambda: mmlu_letters(chooser(), questions), shared)
+    chooser.cache_clear()
+    gc.collect()
     return out
 
 
