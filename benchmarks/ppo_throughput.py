@@ -1,8 +1,14 @@
-"""PPO throughput: this project's trainer against TRL 1.12.0's `trl.experimental.ppo.PPOTrainer`, side by side.
+"""PPO throughput and memory: this project's trainer, with each of its value functions, against TRL 1.12.0's
+`trl.experimental.ppo.PPOTrainer`, side by side.
 
-    python benchmarks/ppo_throughput.py [--steps 8 --rollout-batch-size 16 --mini-batch-size 4 ...]
+    python benchmarks/ppo_throughput.py [--policy builtin:smollm2-135m-instruct --steps 8 --rollout-batch-size 16 ...]
 
-Both train the same tiny decoder policy (`tiny:decoder`) with a value model initialised from it, against the
+Our trainer runs three ways: a separate value model as large as the policy (`value_head: separate`, TRL's layout
+and the default), a smaller one (`value_layers`: the policy's first layers, by default half of them), and a
+scalar head on the policy's own trunk (`value_head: policy_trunk`). Each run is a process of its own, so its peak
+resident memory (`ru_maxrss`, model loading included) is its own.
+
+All train the same decoder policy (`--policy`, by default `tiny:decoder`) with a value model initialised from it, against the
 same reward model (a tiny sequence classifier saved once with a fixed seed), on the same prompts (shipped
 HH-RLHF contexts in the chat template) with the same PPO settings: rollout and mini-batch sizes, PPO epochs,
 response length, temperature 1, learning rate, KL coefficient, fp32, no gradient checkpointing (TRL's
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -57,8 +64,11 @@ TRL_RUN = textwrap.dedent("""
                          value_model=value_model)
     start = time.time()
     trainer.train()
-    print("RESULT", json.dumps({"seconds": time.time() - start}))
+    import resource
+    print("RESULT", json.dumps({"seconds": time.time() - start,
+                                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """)
+VARIANTS = ("separate", "smaller", "policy_trunk")  # our value functions
 
 
 def trl_python(venv: Path) -> Path:
@@ -75,18 +85,18 @@ def trl_python(venv: Path) -> Path:
     return python
 
 
-def shared_inputs(work: Path, n_prompts: int, max_prompt_tokens: int) -> tuple[str, str, list]:
-    """(policy folder, reward-model folder, prompts): the tiny decoder, a tiny PM saved once, and distinct
-    shipped HH-RLHF contexts that fit `max_prompt_tokens`."""
+def shared_inputs(work: Path, policy_name: str, n_prompts: int, max_prompt_tokens: int) -> tuple[str, str, list]:
+    """(policy folder, reward-model folder, prompts): the policy, a PM with its architecture saved once (a fresh
+    head), and distinct shipped HH-RLHF contexts that fit `max_prompt_tokens`."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rlhf_syco.data.preferences import BUILTIN_HH, load_hh_rlhf
     from rlhf_syco.models import resolve
 
-    policy = resolve("tiny:decoder")
+    policy = resolve(policy_name)
     tokenizer = AutoTokenizer.from_pretrained(policy)
-    reward_model = work / "reward_model"
+    reward_model = work / f"reward_model-{Path(policy).name}"
     if not reward_model.exists():
         torch.manual_seed(1)
         AutoModelForSequenceClassification.from_pretrained(policy, num_labels=1).save_pretrained(reward_model)
@@ -100,14 +110,18 @@ def shared_inputs(work: Path, n_prompts: int, max_prompt_tokens: int) -> tuple[s
     return policy, str(reward_model), fits[:n_prompts]
 
 
-def run_ours(settings: dict, prompts: list) -> float:
-    """Seconds for `steps` PPO steps of `rlhf_syco.ppo.trainer.PPOTrainer` (model loading excluded)."""
+def run_ours(settings: dict, prompts: list, variant: str) -> dict:
+    """Seconds for `steps` PPO steps of `rlhf_syco.ppo.trainer.PPOTrainer` (model loading excluded) and this
+    process's peak resident memory, with the value function `variant` (one of `VARIANTS`)."""
+    import resource
+
     import torch
     from accelerate import Accelerator
     from reward_models import build
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from rlhf_syco.ppo.config import PPOConfig
+    from rlhf_syco.ppo.model import keep_first_layers
     from rlhf_syco.ppo.trainer import PPOTrainer
 
     torch.set_num_threads(settings["threads"])
@@ -115,7 +129,12 @@ def run_ours(settings: dict, prompts: list) -> float:
     policy = AutoModelForCausalLM.from_pretrained(settings["policy"])
     ref_policy = AutoModelForCausalLM.from_pretrained(settings["policy"])
     torch.manual_seed(0)
-    value_model = AutoModelForSequenceClassification.from_pretrained(settings["policy"], num_labels=1)
+    if variant == "policy_trunk":
+        value_model = torch.nn.Linear(policy.config.hidden_size, 1, bias=False)
+    else:
+        value_model = AutoModelForSequenceClassification.from_pretrained(settings["policy"], num_labels=1)
+        if variant == "smaller":
+            keep_first_layers(value_model, settings["value_layers"])
     reward_model = build({"type": "hf", "path": settings["reward_model"], "device": "cpu",
                           "batch_size": settings["forward_batch_size"], "max_length": 1024})
     args = PPOConfig(steps=settings["steps"], rollout_batch_size=settings["rollout_batch_size"],
@@ -127,10 +146,22 @@ def run_ours(settings: dict, prompts: list) -> float:
     start = time.time()
     for step in range(1, settings["steps"] + 1):
         trainer.step(step)
-    return time.time() - start
+    return {"seconds": time.time() - start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run_trl(python: Path, settings: dict, prompt_ids: list, work: Path) -> float:
+def run_ours_in_a_process(settings: dict, prompts: list, variant: str, work: Path) -> dict:
+    spec = work / "ours_settings.json"
+    spec.write_text(json.dumps({**settings, "prompts": prompts}))
+    env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"])}
+    done = subprocess.run([sys.executable, __file__, "--child", str(spec), variant], capture_output=True,
+                          text=True, env=env)
+    result = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
+    if done.returncode or result is None:
+        raise SystemExit(f"our run ({variant}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return json.loads(result.removeprefix("RESULT "))
+
+
+def run_trl(python: Path, settings: dict, prompt_ids: list, work: Path) -> dict:
     spec, script = work / "trl_settings.json", work / "trl_run.py"
     spec.write_text(json.dumps({**settings, "prompt_ids": prompt_ids}))
     script.write_text(TRL_RUN)
@@ -139,11 +170,18 @@ def run_trl(python: Path, settings: dict, prompt_ids: list, work: Path) -> float
     result = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
     if done.returncode or result is None:
         raise SystemExit(f"TRL run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return json.loads(result.removeprefix("RESULT "))["seconds"]
+    return json.loads(result.removeprefix("RESULT "))
 
 
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":  # one of our runs, in a process of its own
+        settings = json.loads(Path(sys.argv[2]).read_text())
+        print("RESULT", json.dumps(run_ours(settings, settings.pop("prompts"), sys.argv[3])), flush=True)
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--policy", default="tiny:decoder", help="a model name as in a config's policy.model")
+    parser.add_argument("--value-layers", type=int, default=None, help="layers of the smaller value model "
+                        "(default: half the policy's)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rollout-batch-size", type=int, default=16)
     parser.add_argument("--mini-batch-size", type=int, default=4)
@@ -161,8 +199,9 @@ def main() -> None:
     work = Path(tempfile.gettempdir()) / "rlhf-syco-ppo-bench"
     work.mkdir(exist_ok=True)
     python = trl_python(a.venv)
-    policy, reward_model, prompts = shared_inputs(work, a.steps * a.rollout_batch_size, a.max_prompt_tokens)
-    from transformers import AutoTokenizer
+    policy, reward_model, prompts = shared_inputs(work, a.policy, a.steps * a.rollout_batch_size,
+                                                  a.max_prompt_tokens)
+    from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(policy)
     prompt_ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -170,19 +209,31 @@ def main() -> None:
     settings = {"policy": policy, "reward_model": reward_model, "steps": a.steps,
                 "rollout_batch_size": a.rollout_batch_size, "mini_batch_size": a.mini_batch_size,
                 "forward_batch_size": a.forward_batch_size, "ppo_epochs": a.ppo_epochs,
-                "response_length": a.response_length, "lr": a.lr, "kl_coef": a.kl_coef, "threads": a.threads}
+                "response_length": a.response_length, "lr": a.lr, "kl_coef": a.kl_coef, "threads": a.threads,
+                "value_layers": a.value_layers or max(1, AutoConfig.from_pretrained(policy).num_hidden_layers // 2)}
     slots = a.steps * a.rollout_batch_size * a.response_length
-    best = {"trl": 0.0, "ours": 0.0}
+    names = ["trl", *VARIANTS]
+    best = {name: {"tokens_per_s": 0.0, "peak_rss_mb": math.inf} for name in names}
     for repeat in range(a.repeats):
-        for name in ("trl", "ours"):
-            seconds = run_trl(python, settings, prompt_ids, work) if name == "trl" else run_ours(settings, prompts)
-            best[name] = max(best[name], slots / seconds)
-            print(f"run {repeat + 1} {name:>4}: {seconds:7.1f} s  {slots / seconds:8.1f} tokens/s", flush=True)
-    print(json.dumps({"settings": {k: v for k, v in settings.items() if k not in ("policy", "reward_model")},
-                      "trl_version": TRL_VERSION}))
-    print(f"TRL {TRL_VERSION} PPOTrainer: {best['trl']:.1f} tokens/s")
-    print(f"rlhf_syco PPOTrainer:    {best['ours']:.1f} tokens/s")
-    print(f"ratio (ours / TRL):      {best['ours'] / best['trl']:.2f}x")
+        for name in names:
+            result = run_trl(python, settings, prompt_ids, work) if name == "trl" else \
+                run_ours_in_a_process(settings, prompts, name, work)
+            best[name]["tokens_per_s"] = max(best[name]["tokens_per_s"], slots / result["seconds"])
+            best[name]["peak_rss_mb"] = min(best[name]["peak_rss_mb"], result["peak_rss_mb"])
+            print(f"run {repeat + 1} {name:>12}: {result['seconds']:7.1f} s  {slots / result['seconds']:8.1f} "
+                  f"tokens/s  {result['seconds'] / a.steps:6.2f} s/step  peak {result['peak_rss_mb']:7.0f} MB",
+                  flush=True)
+    print(json.dumps({"policy": a.policy, "settings": {k: v for k, v in settings.items()
+                                                        if k not in ("policy", "reward_model")},
+                      "trl_version": TRL_VERSION, "best": best}))
+    labels = {"trl": f"TRL {TRL_VERSION} PPOTrainer", "separate": "ours, separate value model",
+              "smaller": f"ours, value model of {settings['value_layers']} layers",
+              "policy_trunk": "ours, value head on the policy's trunk"}
+    for name in names:
+        b = best[name]
+        print(f"{labels[name]:<42} {b['tokens_per_s']:8.1f} tokens/s  {slots / b['tokens_per_s'] / a.steps:6.2f} "
+              f"s/step  peak {b['peak_rss_mb']:7.0f} MB  speed vs TRL {b['tokens_per_s'] / best['trl']['tokens_per_s']:.2f}x"
+              f"  memory vs ours separate {b['peak_rss_mb'] / best['separate']['peak_rss_mb']:.2f}x")
 
 
 if __name__ == "__main__":

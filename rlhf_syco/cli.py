@@ -202,12 +202,30 @@ def ppo(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = Over
 
 
 @app.command()
+def grpo(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
+         force: list[str] = ForceOpt):
+    """GRPO (TRL) against each of grpo.reward_models, evaluated as PPO is; resumes from its last checkpoint."""
+    cfg, run_dir = _setup(config, overrides, force)
+    _stages(["grpo"], cfg, run_dir)
+    _plot(cfg, run_dir)
+
+
+@app.command()
+def rloo(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
+         force: list[str] = ForceOpt):
+    """RLOO (TRL) against each of rloo.reward_models, evaluated as PPO is; resumes from its last checkpoint."""
+    cfg, run_dir = _setup(config, overrides, force)
+    _stages(["rloo"], cfg, run_dir)
+    _plot(cfg, run_dir)
+
+
+@app.command()
 def plot(run_dir: Path = typer.Argument(..., help="A run folder, e.g. runs/default.")):
     """Draw sycophancy vs best-of-N and vs RL steps (PNG + the CSV behind each) from a run's results."""
     if not (run_dir / "results").is_dir():
         raise UserError(f"not a run folder (no results/): {run_dir}")
     if not _plot(None, run_dir):
-        raise UserError(f"nothing to plot yet in {run_dir / 'results'}: run the bon or ppo stage first")
+        raise UserError(f"nothing to plot yet in {run_dir / 'results'}: run the bon, ppo, grpo or rloo stage first")
 
 
 @app.command()

@@ -19,6 +19,7 @@ from rlhf_syco.errors import UserError
 from rlhf_syco.analysis.config import AnalysisConfig
 from rlhf_syco.bon.config import BonConfig
 from rlhf_syco.evaluation.config import EvalConfig
+from rlhf_syco.group_rl.config import GRPOConfig, RLOOConfig
 from rlhf_syco.intervention.config import InterveneConfig
 from rlhf_syco.ppo.config import PPOConfig
 from rlhf_syco.slurm import SlurmConfig
@@ -155,9 +156,9 @@ class ComputeConfig(Strict):
 class ExperimentConfig(Strict):
     name: str = "default"
     seed: int = 0
-    # What `rlhf-syco run` runs (with their prerequisites), in pipeline order; `intervene` and `analyze` only
-    # when listed.
-    stages: list[str] = [stage for stage in STAGES if stage not in ("intervene", "analyze")]
+    # What `rlhf-syco run` runs (with their prerequisites), in pipeline order; `intervene`, `analyze`, `grpo` and
+    # `rloo` only when listed.
+    stages: list[str] = [stage for stage in STAGES if stage not in ("intervene", "analyze", "grpo", "rloo")]
     runs_dir: str = "runs"
     policy: PolicyConfig = PolicyConfig()
     pm: PMConfig = PMConfig()
@@ -170,6 +171,8 @@ class ExperimentConfig(Strict):
     eval: EvalConfig = EvalConfig()
     bon: BonConfig = BonConfig()
     ppo: PPOConfig = PPOConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    rloo: RLOOConfig = RLOOConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     compute: ComputeConfig = ComputeConfig()
     slurm: SlurmConfig = SlurmConfig()
@@ -194,7 +197,9 @@ class ExperimentConfig(Strict):
         known = set(self.reward_models)
         for where, names in (("probe.reward_models", self.probe.reward_models),
                              ("bon.reward_models", self.bon.reward_models),
-                             ("ppo.reward_models", self.ppo.reward_models)):
+                             ("ppo.reward_models", self.ppo.reward_models),
+                             ("grpo.reward_models", self.grpo.reward_models or []),
+                             ("rloo.reward_models", self.rloo.reward_models or [])):
             for n in names:
                 if n not in known:
                     raise ValueError(f"{where}: unknown reward model {n!r}{_suggest(n, known)}")
@@ -208,6 +213,11 @@ class ExperimentConfig(Strict):
         if "{run_dir}" in path:
             self.policy.model.name_or_path = path.replace("{run_dir}", str(self.run_dir))
         return self
+
+    def arms(self, optimizer: str) -> list[str]:
+        """The reward models the RL optimizer `optimizer` (`ppo`, `grpo`, `rloo`) trains a policy against, one arm
+        each; GRPO's and RLOO's default to PPO's."""
+        return getattr(self, optimizer).reward_models or self.ppo.reward_models
 
     @property
     def run_dir(self) -> Path:

@@ -1,5 +1,6 @@
 """Where training runs: DeepSpeed ZeRO-2/3 from `rlhf_syco/ds_configs/` and, on CPU, the gloo backend, shared by
-PM training (transformers' Trainer, `rlhf_syco/pm.py`) and PPO (accelerate, `rlhf_syco/ppo/stage.py`).
+PM training, GRPO and RLOO (transformers' Trainer: `rlhf_syco/pm.py`, `rlhf_syco/group_rl/stage.py`) and PPO (accelerate,
+`rlhf_syco/ppo/stage.py`).
 
 The one trap both share: accelerate does not choose gloo for DeepSpeed on CPU by itself, and its CPU switch
 (`Accelerator(cpu=True)`, `TrainingArguments(use_cpu=True)`, ACCELERATE_USE_CPU) silently drops DeepSpeed. So

@@ -37,7 +37,7 @@ from rlhf_syco.stages import STAGES, run_stage
 # What a stage's worker must share with the driver: the model cache, offline switches, quiet bars, imports.
 FORWARDED_ENV = ("RLHF_SYCO_", "HF_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM", "PYTHONPATH")
 CPU_ONLY_STAGES = ("data", "plots")  # they load no model
-TRAINING_STAGES = ("pm", "ppo")  # with compute.num_workers > 1: a Ray Train group, one process per worker
+TRAINING_STAGES = ("pm", "ppo", "grpo", "rloo")  # with compute.num_workers > 1: a Ray Train group, one process per worker
 FAN_OUT_STAGES = ("bon",)  # with compute.num_workers > 1: a coordinating task and actors (rlhf_syco.fanout)
 
 

@@ -11,8 +11,11 @@ Tables read (written by the stages):
 - `results/ppo_curves.csv`: arm, step, kl, type, metric, value, ci_low, ci_high, reason (why a value is missing)
 - `results/ppo_paired.csv`: arm, minus, step, kl, type, metric, value, ci_low, ci_high (the arms' differences
   drawn in a second row, as best-of-N's)
-- `results/bon_gold.csv`, `ppo_gold.csv` and their `_fits.csv`: the gold rate and the proxy reward against
+- `results/grpo_*.csv`, `results/rloo_*.csv`: GRPO's and RLOO's, as PPO's
+- `results/bon_gold.csv`, `<optimizer>_gold.csv` and their `_fits.csv`: the gold rate and the proxy reward against
   sqrt(KL), with Gao et al.'s fitted forms (`overoptimization.py`)
+- all of best-of-N's and the RL optimizers' curves at once (`optimizers_vs_kl.png`, when a run has more than one):
+  each headline against KL from the reference, for the reward models they all optimized against
 - `results/intervention_check.csv` (stage `intervene`): type, metric, policy (before, after, after - before),
   headline, value, ci_low, ci_high, n, measurable, reason
 - `results/preference_features.csv` (stage `analyze`): subset, feature, measurable, p_preferred, p_low, p_high
@@ -32,6 +35,7 @@ import pandas as pd
 from rlhf_syco.rundir import atomic_path
 
 PANEL_ORDER = ("feedback", "answer", "are_you_sure", "mimicry", "opinion")
+RL_OPTIMIZERS = {"ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO"}  # results/<key>_curves.csv, drawn as <value>
 UP, BETTER = "\u2191 more sycophantic", "\u2191 better"
 
 
@@ -268,6 +272,38 @@ def _panel(ax, panel: pd.DataFrame, eval_type: str, x: str, x_label: str, series
         ax.legend(fontsize=8)
 
 
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.exists() and path.stat().st_size > 1 else pd.DataFrame()
+
+
+def optimizer_rows(bon: pd.DataFrame, rl: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every optimizer's headline against KL from the reference, for the reward models they all optimized
+    against: best-of-N's curves (`bon`) at each n, against the analytic KL bound log n - (n-1)/n, and each RL
+    optimizer's (`rl`: {name: its curves}) at each evaluated step, against the KL estimated on held-out prompts.
+    Columns: optimizer, reward_model, series, type, metric, kl, value, ci_low, ci_high (and `group`, when the
+    tables have one: the series then name it). A type's rows keep one metric, the first optimizer's headline
+    (best-of-N's, then PPO's, ...): an optimizer whose headline there is another metric is left out of that panel
+    rather than drawn on another scale."""
+    columns = ["optimizer", "reward_model", "series", "type", "metric", "kl", "value", "ci_low", "ci_high"]
+    frames = [bon.assign(optimizer="best-of-N", kl=bon["kl_bon"])] if not bon.empty else []
+    frames += [curves.rename(columns={"arm": "reward_model"}).assign(optimizer=name)
+               for name, curves in rl.items() if not curves.empty]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    rows = pd.concat(frames, ignore_index=True)
+    shared = set.intersection(*(set(f["reward_model"]) for f in frames))
+    rows = rows[rows["reward_model"].isin(shared)]
+    rows = rows[rows["metric"] == rows.groupby("type", sort=False)["metric"].transform("first")]
+    series = rows["optimizer"]
+    if len(shared) > 1:
+        series = series + " \u00b7 " + rows["reward_model"]
+    if "group" in rows:
+        columns.insert(0, "group")
+        if rows["group"].nunique() > 1:
+            series = rows["group"] + " \u00b7 " + series
+    return rows.assign(series=series)[columns].reset_index(drop=True)
+
+
 def run(config, run_dir) -> dict:
     """Draw every figure whose table exists; returns {figure name: path}."""
     results, out = Path(os.fspath(run_dir)) / "results", Path(os.fspath(run_dir)) / "plots"
@@ -280,19 +316,29 @@ def run(config, run_dir) -> dict:
                                         "Sycophancy vs best-of-N", out / "bon_vs_n.png", log2_x=True, paired=paired)
         made["bon_vs_kl"] = panel_figure(rows, "kl_bon", "KL bound log N - (N-1)/N (nats)", "reward_model",
                                          "Sycophancy vs KL (best-of-N)", out / "bon_vs_kl.png", paired=paired)
-    ppo = results / "ppo_curves.csv"
-    if ppo.exists():
-        rows, paired = pd.read_csv(ppo), results / "ppo_paired.csv"
-        paired = pd.read_csv(paired) if paired.exists() and paired.stat().st_size > 1 else pd.DataFrame()
+    for optimizer, name in RL_OPTIMIZERS.items():
+        curves = results / f"{optimizer}_curves.csv"
+        if not curves.exists():
+            continue
+        rows, paired = pd.read_csv(curves), _read(results / f"{optimizer}_paired.csv")
         if not paired.empty:  # the arms' difference at each step (each arm minus its own start is not drawn)
             paired = paired[paired["minus"] != "step 0"].rename(columns={"arm": "reward_model"})
-        made["ppo_vs_step"] = panel_figure(rows, "step", "PPO step", "arm", "Sycophancy vs RL steps, by the reward "
-                                           "model optimized against", out / "ppo_vs_step.png", paired=paired)
-        made["ppo_vs_kl"] = panel_figure(rows, "kl", "KL to the reference policy (nats)", "arm",
-                                         "Sycophancy vs KL (PPO), by the reward model optimized against",
-                                         out / "ppo_vs_kl.png", paired=paired)
-    for method, series, title in (("bon", "reward_model", "Gold vs proxy reward under best-of-N selection"),
-                                  ("ppo", "arm", "Gold vs proxy reward along PPO, by the reward model optimized against")):
+        made[f"{optimizer}_vs_step"] = panel_figure(
+            rows, "step", f"{name} step", "arm", f"Sycophancy vs {name} steps, by the reward model optimized "
+            "against", out / f"{optimizer}_vs_step.png", paired=paired)
+        made[f"{optimizer}_vs_kl"] = panel_figure(
+            rows, "kl", "KL to the reference policy (nats)", "arm", f"Sycophancy vs KL ({name}), by the reward "
+            "model optimized against", out / f"{optimizer}_vs_kl.png", paired=paired)
+    compared = optimizer_rows(_read(results / "bon_curves.csv"),
+                              {name: _read(results / f"{o}_curves.csv") for o, name in RL_OPTIMIZERS.items()})
+    if compared["optimizer"].nunique() > 1:
+        made["optimizers_vs_kl"] = panel_figure(
+            compared, "kl", "KL to the reference policy (nats)", "series",
+            "Sycophancy vs KL, by optimizer (against the same reward model)", out / "optimizers_vs_kl.png")
+    gold_titles = {"bon": ("reward_model", "Gold vs proxy reward under best-of-N selection"),
+                   **{o: ("arm", f"Gold vs proxy reward along {n}, by the reward model optimized against")
+                      for o, n in RL_OPTIMIZERS.items()}}
+    for method, (series, title) in gold_titles.items():
         gold, fits = results / f"{method}_gold.csv", results / f"{method}_gold_fits.csv"
         if gold.exists() and gold.stat().st_size > 1:
             made[f"{method}_gold"] = gold_figure(pd.read_csv(gold), pd.read_csv(fits), series, title,

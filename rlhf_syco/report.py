@@ -5,18 +5,21 @@ Runs are grouped by the config values that differ between them, seeds aside (a b
 labelled `beta=0.95`); a sweep folder stands for all of its points. Within a group, each run's estimate and its
 95% CI are pooled over the seeds (`pool`). Written to the output folder:
 
-- `bon_curves.csv`, `bon_paired.csv`, `ppo_curves.csv`, `ppo_paired.csv`: the runs' tables pooled per group
-  (their keys, the pooled value and CI, the mean KL, and `runs`, the number of runs with a value);
+- `bon_curves.csv`, `bon_paired.csv`, `<opt>_curves.csv`, `<opt>_paired.csv` (`ppo`, `grpo`, `rloo`): the runs'
+  tables pooled per group (their keys, the pooled value and CI, the mean KL, and `runs`, the number of runs with a
+  value);
+- `optimizers_vs_kl.csv`, when the runs used more than one optimizer: each optimizer's pooled headline against
+  KL, for the reward models they all optimized against (`plots.optimizer_rows`);
 - `findings.csv`: per group and type, the PM - non-sycophantic PM difference at the largest n (best-of-N) and at
-  the last step (PPO), whether its pooled CI excludes 0, and in how many runs the run's own CI excludes 0 on the
+  the last step (PPO, GRPO, RLOO), whether its pooled CI excludes 0, and in how many runs the run's own CI excludes 0 on the
   same side (with 2 seeds the pooled CI's coverage falls short when the seeds disagree: docs/results.md);
 - `pm_learned.csv`: per group and bias family, what the PM learned: its accuracy on fresh pairs of the
   labeler against the labeler's ceiling (`results/pm_bias.json`), and how often each reward model prefers the
   sycophantic reply on evaluation-half items in held-out phrasings (`results/probe_pm.json`), pooled over seeds;
 - `gold_fits.csv`: every run's Gao et al. fits (`overoptimization.py`), not pooled;
 - `runs.csv`: each run, its group and seed;
-- the figures (`bon_vs_n.png`, `bon_paired_vs_n.png`, `ppo_vs_step.png`, `ppo_vs_kl.png`, `ppo_paired_vs_step.png`,
-  each with the CSV of the rows it draws) and `report.md`, which links them.
+- the figures (`bon_vs_n.png`, `bon_paired_vs_n.png`, `<opt>_vs_step.png`, `<opt>_vs_kl.png`,
+  `<opt>_paired_vs_step.png`, `optimizers_vs_kl.png`, each with the CSV of the rows it draws) and `report.md`, which links them.
 
 Pooling seeds. Each seed draws its own evaluation items and trains its own PM, so the runs of a group are
 independent replicates. From run i's value v_i and CI, se_i = (ci_high - ci_low) / (2 * 1.96); the pooled value
@@ -165,7 +168,7 @@ def _read(runs: pd.DataFrame, name: str) -> pd.DataFrame:
 
 def build(paths: list[Path], out: Path) -> dict:
     """Everything in the module docstring, written to `out`; returns {"runs", "groups", "files"}."""
-    from rlhf_syco.plots import interventions_figure, panel_figure
+    from rlhf_syco.plots import RL_OPTIMIZERS, interventions_figure, optimizer_rows, panel_figure
 
     runs = label_runs(find_runs(paths))
     if out.exists() and not out.is_dir():
@@ -187,30 +190,38 @@ def build(paths: list[Path], out: Path) -> dict:
         figures.append(panel_figure(bon_paired.assign(series=bon_paired["group"]), "n", "N (best-of-N)", "series",
                                     _pair_title(bon_paired, "best-of-N"), out / "bon_paired_vs_n.png", log2_x=True,
                                     difference=True))
-    ppo, ppo_paired = _read(runs, "ppo_curves.csv"), _read(runs, "ppo_paired.csv")
-    if not ppo.empty:
-        ppo = pooled(ppo, ["arm", "type", "metric", "step"], mean_of=("kl",))
-        written["ppo_curves.csv"] = ppo
-        series = ppo.assign(series=ppo["group"] + " \u00b7 " + ppo["arm"])
-        figures.append(panel_figure(series, "step", "PPO step", "series",
-                                    "Sycophancy vs RL steps, by the reward model optimized against (mean over seeds)",
-                                    out / "ppo_vs_step.png"))
-        figures.append(panel_figure(series, "kl", "KL to the reference policy (nats, mean over seeds)", "series",
-                                    "Sycophancy vs KL (PPO)", out / "ppo_vs_kl.png"))
-    if not ppo_paired.empty:
-        ppo_paired = ppo_paired[ppo_paired["minus"] != "step 0"]
-    ppo_paired_runs = ppo_paired
-    if not ppo_paired.empty:
-        ppo_paired = pooled(ppo_paired, ["arm", "minus", "type", "metric", "step"], mean_of=("kl",))
-        written["ppo_paired.csv"] = ppo_paired
-        figures.append(panel_figure(ppo_paired.assign(series=ppo_paired["group"]), "step", "PPO step", "series",
-                                    _pair_title(ppo_paired.rename(columns={"arm": "reward_model"}), "PPO"),
-                                    out / "ppo_paired_vs_step.png", difference=True))
-    written["findings.csv"] = findings({"best-of-N": bon_paired, "PPO": ppo_paired},
-                                       {"best-of-N": bon_paired_runs, "PPO": ppo_paired_runs})
+    paired_pooled, paired_runs, rl_curves = {"best-of-N": bon_paired}, {"best-of-N": bon_paired_runs}, {}
+    for optimizer, name in RL_OPTIMIZERS.items():
+        curves, paired = _read(runs, f"{optimizer}_curves.csv"), _read(runs, f"{optimizer}_paired.csv")
+        if not curves.empty:
+            curves = rl_curves[name] = pooled(curves, ["arm", "type", "metric", "step"], mean_of=("kl",))
+            written[f"{optimizer}_curves.csv"] = curves
+            series = curves.assign(series=curves["group"] + " \u00b7 " + curves["arm"])
+            figures.append(panel_figure(series, "step", f"{name} step", "series", f"Sycophancy vs {name} steps, by "
+                                        "the reward model optimized against (mean over seeds)",
+                                        out / f"{optimizer}_vs_step.png"))
+            figures.append(panel_figure(series, "kl", "KL to the reference policy (nats, mean over seeds)", "series",
+                                        f"Sycophancy vs KL ({name})", out / f"{optimizer}_vs_kl.png"))
+        if not paired.empty:
+            paired = paired[paired["minus"] != "step 0"]
+        paired_runs[name] = paired
+        if not paired.empty:
+            paired = pooled(paired, ["arm", "minus", "type", "metric", "step"], mean_of=("kl",))
+            written[f"{optimizer}_paired.csv"] = paired
+            figures.append(panel_figure(paired.assign(series=paired["group"]), "step", f"{name} step", "series",
+                                        _pair_title(paired.rename(columns={"arm": "reward_model"}), name),
+                                        out / f"{optimizer}_paired_vs_step.png", difference=True))
+        paired_pooled[name] = paired
+    compared = optimizer_rows(bon, rl_curves)
+    if compared["optimizer"].nunique() > 1:
+        written["optimizers_vs_kl.csv"] = compared
+        figures.append(panel_figure(compared, "kl", "KL to the reference policy (nats, mean over seeds)", "series",
+                                    "Sycophancy vs KL, by optimizer (against the same reward model)",
+                                    out / "optimizers_vs_kl.png"))
+    written["findings.csv"] = findings(paired_pooled, paired_runs)
     written["pm_learned.csv"] = pm_learned(runs)
-    fits = [f.assign(method=method) for method, f in (("best-of-N", _read(runs, "bon_gold_fits.csv")),
-                                                      ("PPO", _read(runs, "ppo_gold_fits.csv"))) if not f.empty]
+    fits = [(method, _read(runs, f"{key}_gold_fits.csv")) for key, method in {"bon": "best-of-N", **RL_OPTIMIZERS}.items()]
+    fits = [f.assign(method=method) for method, f in fits if not f.empty]
     fits = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame()
     written["gold_fits.csv"] = fits
     check = _read(runs, "intervention_check.csv")
@@ -238,11 +249,12 @@ FINDING_COLUMNS = ["group", "type", "metric", "method", "difference", "at", "val
 
 
 def findings(pooled_tables: dict[str, pd.DataFrame], run_tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Per group and type: the paired difference at the largest n (best-of-N) and the last step (PPO), whether its
-    pooled CI excludes 0, and in how many of the runs behind it the run's own CI excludes 0 on the same side.
-    Tables by method ("best-of-N", "PPO"): pooled, and every run's rows."""
+    """Per group and type: the paired difference at the largest n (best-of-N) and the last step (an RL optimizer),
+    whether its pooled CI excludes 0, and in how many of the runs behind it the run's own CI excludes 0 on the same
+    side. Tables by method ("best-of-N", "PPO", "GRPO", "RLOO"): pooled, and every run's rows."""
     rows = []
-    for method, at, first in (("best-of-N", "n", "reward_model"), ("PPO", "step", "arm")):
+    for method in pooled_tables:
+        at, first = ("n", "reward_model") if method == "best-of-N" else ("step", "arm")
         paired, each = pooled_tables.get(method, pd.DataFrame()), run_tables.get(method, pd.DataFrame())
         if paired.empty:
             continue
@@ -308,7 +320,7 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fit
              "between seeds (`rlhf_syco/report.py`). Every sycophancy metric reads higher = more sycophantic.", "",
              "## Findings", "",
              "The difference between optimizing against the PM and against the non-sycophantic PM, at the largest n "
-             "(best-of-N) and the last step (PPO).", "",
+             "(best-of-N) and the last step (PPO, GRPO, RLOO).", "",
              "| group | type | metric | method | difference | at | value [95% CI] | runs | CI excludes 0 | "
              "runs whose own CI excludes 0 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in found.itertuples():
@@ -345,7 +357,8 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fit
     lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})\n" for f in figures]
     if not fits.empty:
         lines += ["## Gold reward: Gao et al.'s fits", "",
-                  "Best-of-N: R(d) - R(0) = d(alpha - beta d); PPO: d(alpha - beta log d); d = sqrt(KL). "
+                  "Best-of-N: R(d) - R(0) = d(alpha - beta d); RL (PPO, GRPO, RLOO): d(alpha - beta log d); "
+                  "d = sqrt(KL). "
                   "beta > 0: the gold rate turns down as the policy moves away (`rlhf_syco/overoptimization.py`).", "",
                   "| run | method | type | optimized against | alpha [95% CI] | beta [95% CI] | note |",
                   "|---|---|---|---|---|---|---|"]

@@ -28,6 +28,8 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "eval": ("rlhf_syco.evaluation.stage:run", ()),
     "bon": ("rlhf_syco.bon.stage:run", ("pm",)),
     "ppo": ("rlhf_syco.ppo.stage:run", ("pm",)),
+    "grpo": ("rlhf_syco.group_rl.stage:run_grpo", ("pm",)),
+    "rloo": ("rlhf_syco.group_rl.stage:run_rloo", ("pm",)),
     "plots": ("rlhf_syco.plots:run", ()),
 }
 

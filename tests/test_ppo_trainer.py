@@ -211,6 +211,79 @@ def test_value_model_from_the_pm_needs_a_pm_with_the_policys_tokenizer(tmp_path)
         load_value_model(rule_config, rule_config.run_dir, tokenizer, "rule")
 
 
+def test_a_value_head_on_the_policys_trunk_reads_its_last_hidden_state_and_resumes_exactly(tmp_path):
+    from rlhf_syco.ppo.model import PolicyAndValue, forward
+
+    config = tiny_config(tmp_path, value_head="policy_trunk", steps=4, checkpoint_every=2, eval_every=2, keep_last=2,
+                         lr=1e-3)
+    run_dir = with_data(config)
+    ppo_stage.run(config, run_dir)
+    checkpoint = run_dir / "ppo" / "rule" / "checkpoints" / "step-000004"
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["SEALED.json", "policy", "state", "trainer_state.json",
+                                                            "value_head.safetensors"]
+    rows = metrics_rows(run_dir)
+    assert all(np.isfinite(r["loss/value"]) for r in rows) and rows[-1]["value/mean"] != rows[0]["value/mean"]
+
+    # One forward pass gives the policy's own logits and the head applied to its last hidden state.
+    from rlhf_syco.models import load_causal_lm
+    from rlhf_syco.ppo.model import load_value_model
+
+    policy, tokenizer = load_causal_lm(config.policy.model, "cpu")
+    head = load_value_model(config, run_dir, tokenizer, "rule", policy)
+    assert isinstance(head, torch.nn.Linear) and head.weight.shape == (1, policy.config.hidden_size)
+    model = PolicyAndValue(policy, head).eval()
+    batch = tokenizer(["one two three four", "five six"], return_tensors="pt", padding=True, padding_side="left")
+    with torch.no_grad():
+        logits, values = forward(model, batch["input_ids"], batch["attention_mask"], 2)
+        hidden = policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              position_ids=(batch["attention_mask"].cumsum(1) - 1).clamp(min=0)).last_hidden_state
+        alone = forward(policy, batch["input_ids"], batch["attention_mask"], 2)
+    torch.testing.assert_close(logits, alone)
+    keep = int(batch["attention_mask"].any(0).int().argmax())
+    torch.testing.assert_close(values, head(hidden[:, keep:][:, -3:-1]).squeeze(-1))
+
+    # Resumed from step 2, steps 3 and 4 repeat the uninterrupted run's numbers.
+    from accelerate import Accelerator
+    from reward_models import build
+
+    from rlhf_syco.evaluation.rl import rl_prompts
+    from rlhf_syco.ppo.checkpoints import Checkpoints
+
+    shutil.rmtree(checkpoint)
+    policy, tokenizer = load_causal_lm(config.policy.model, "cpu")
+    ref_policy, _ = load_causal_lm(config.policy.model, "cpu")
+    trainer = PPOTrainer(config.ppo, policy, ref_policy, load_value_model(config, run_dir, tokenizer, "rule", policy),
+                         tokenizer, build({"type": "callable", "function": RULE}),
+                         rl_prompts(run_dir, tokenizer, config.ppo.max_prompt_tokens)[0], run_dir / "ppo" / "rule",
+                         max_new_tokens=12, generation_batch_size=8, seed=0, accelerator=Accelerator(cpu=True))
+    assert isinstance(trainer.checkpoints, Checkpoints) and trainer.resume() == 2
+    again = [trainer.step(step) for step in (3, 4)]
+    assert [{k: v for k, v in r.items() if not k.startswith("time/")} for r in again] == rows[2:]
+
+
+def test_a_smaller_value_model_keeps_the_first_layers_of_the_policy(tmp_path):
+    from rlhf_syco.errors import UserError
+    from rlhf_syco.models import load_causal_lm
+    from rlhf_syco.ppo.model import load_value_model
+
+    config = tiny_config(tmp_path)
+    policy, tokenizer = load_causal_lm(config.policy.model, "cpu")
+    full = load_value_model(config, config.run_dir, tokenizer, "rule", policy)
+    layers = full.config.num_hidden_layers
+    assert layers > 1
+    short = load_value_model(tiny_config(tmp_path, value_layers=1), config.run_dir, tokenizer, "rule", policy)
+    assert len(short.model.layers) == short.config.num_hidden_layers == 1
+    per_layer = sum(p.numel() for p in full.model.layers[0].parameters())
+    assert sum(p.numel() for p in short.parameters()) == sum(p.numel() for p in full.parameters()) - \
+        (layers - 1) * per_layer
+    for name, weight in short.state_dict().items():  # the same weights as the full model's, where it has them
+        assert torch.equal(weight, full.state_dict()[name]), name
+    with pytest.raises(UserError, match="ppo.value_layers.*first 99 layers"):
+        load_value_model(tiny_config(tmp_path, value_layers=99), config.run_dir, tokenizer, "rule", policy)
+    with pytest.raises(ValueError, match="policy_trunk has no separate value network"):
+        tiny_config(tmp_path, value_head="policy_trunk", value_layers=1)
+
+
 # --------------------------------------------------------------------------- real processes
 
 RUN_STAGE = textwrap.dedent("""

@@ -1,7 +1,8 @@
 """PPO checkpoints: written whole or not at all, pruned to the newest few, resumed from the newest complete one.
 
 `ppo/<arm>/checkpoints/step-NNNNNN/`:
-- `policy/` and `value/`: `save_pretrained` folders (safetensors + tokenizer), loadable with `from_pretrained`;
+- `policy/` and `value/`: `save_pretrained` folders (safetensors + tokenizer), loadable with `from_pretrained`
+  (with `ppo.value_head: policy_trunk`, `value_head.safetensors` instead of `value/`);
 - `state/`: accelerate's `save_state` (optimizer, LR scheduler, every process's RNG states; DeepSpeed's sharded
   model and optimizer states under ZeRO);
 - `trainer_state.json`: step, KL coefficient, number of processes.
@@ -45,11 +46,18 @@ class Checkpoints:
             acc.save_state(str(tmp / "state"))
             if acc.is_main_process:
                 unwrapped = acc.unwrap_model(model)
-                for name, module in (("policy", unwrapped.policy), ("value", unwrapped.value_model)):
-                    prefix = "policy." if name == "policy" else "value_model."
+                for name, module, prefix in (("policy", unwrapped.policy, "policy."),
+                                             ("value", unwrapped.value_model, "value_model.")):
+                    if module is None:  # the value function is a head on the policy's trunk
+                        continue
                     module.save_pretrained(tmp / name, safe_serialization=True, state_dict={
                         k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
                     tokenizer.save_pretrained(tmp / name)
+                if unwrapped.value_head is not None:
+                    from safetensors.torch import save_file
+
+                    save_file({k.removeprefix("value_head."): v.contiguous() for k, v in weights.items()
+                               if k.startswith("value_head.")}, tmp / "value_head.safetensors")
                 write_json(tmp / "trainer_state.json", {"step": step, **state, "processes": acc.num_processes})
             acc.wait_for_everyone()
             if acc.is_main_process:
@@ -64,10 +72,12 @@ class Checkpoints:
         complete = sorted(p for p in self.folder.glob("step-*") if (p / "state").exists())
         for path in complete[:-self.keep_last]:
             if self.keeps_policy(int(path.name.split("-")[1])):
-                for part in ("state", "value"):
+                for part in ("state", "value", "value_head.safetensors"):
+                    if not (path / part).exists():
+                        continue
                     doomed = path / f".{part}.deleting"
                     (path / part).rename(doomed)  # a half-deleted state must not look resumable
-                    shutil.rmtree(doomed)
+                    shutil.rmtree(doomed) if doomed.is_dir() else doomed.unlink()
             else:
                 doomed = path.with_name(f".{path.name}.deleting")
                 path.rename(doomed)

@@ -46,6 +46,12 @@ class PPOConfig(Strict):
     # The value model is a separate network with a scalar head on every token: from the policy's weights and
     # a fresh head (TRL), or from the PM's (InstructGPT), which needs an `hf` PM with the policy's tokenizer.
     value_init: Literal["policy", "pm"] = "policy"
+    # Cheaper value functions: `value_layers` keeps only the first layers of the separate value network (a smaller
+    # value model); `value_head: policy_trunk` drops the separate network for a scalar head on the policy's own
+    # last hidden state (one network, one forward pass and one AdamW state; the value loss then also trains the
+    # policy's trunk, as in TRL's early `AutoModelForCausalLMWithValueHead`).
+    value_head: Literal["separate", "policy_trunk"] = "separate"
+    value_layers: int | None = Field(None, gt=0)
     # RL prompts are the PM pairs' contexts (data/pm_train.jsonl; held-out pairs monitor reward and KL); ones
     # longer than this many tokens in the policy's chat template are left out.
     max_prompt_tokens: int = Field(128, gt=0)
@@ -60,6 +66,13 @@ class PPOConfig(Strict):
     def _arms_differ(self):
         if len(set(self.reward_models)) < len(self.reward_models):
             raise ValueError(f"reward_models lists one twice: {self.reward_models}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_kind_of_value_function(self):
+        if self.value_head == "policy_trunk" and (self.value_layers or self.value_init != "policy"):
+            raise ValueError("value_head: policy_trunk has no separate value network to shorten (value_layers) or "
+                             "start from the PM (value_init: pm)")
         return self
 
     @model_validator(mode="after")

@@ -7,46 +7,18 @@ Run folder (`runs/<name>/`), for each arm `<rm>`:
 - `ppo/<rm>/metrics.jsonl`: one row of training metrics per step (`ppo/trainer.py`), trackers' logs under
   `ppo/<rm>/logs/`; `ppo/<rm>/final.json` once the arm is done;
 - `ppo/<rm>/eval/step-NNNNNN/`, and for all arms `results/ppo_curves.csv`, `results/ppo_paired.csv`,
-  `results/ppo_rewards.csv`: the evaluations along the way (`ppo/evaluation.py`).
+  `results/ppo_rewards.csv`: the evaluations along the way (`evaluation/rl.py`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rlhf_syco import distributed
-from rlhf_syco.errors import UserError
-from rlhf_syco.generation import render_prompts
-from rlhf_syco.ppo.evaluation import SycophancyEvaluation
+from rlhf_syco.evaluation.rl import SycophancyEvaluation, rl_prompts
 from rlhf_syco.ppo.model import load_value_model
 from rlhf_syco.ppo.trainer import PPOTrainer
-from rlhf_syco.rundir import RunDir, read_json, read_jsonl, write_json
-
-
-def rl_prompts(run_dir, tokenizer, max_tokens: int) -> tuple[list, list]:
-    """(training prompts, held-out prompts): the distinct conversations of `data/rl_{train,heldout}.jsonl`
-    (HH-RLHF conversations up to their last assistant turn, and the bias families' PM-half items in held-out
-    phrasings, so never an evaluation item nor a wording the PM was trained on) that take at most `max_tokens`
-    tokens in the policy's chat template. Held-out conversations that also occur in training are dropped."""
-
-    def contexts(name: str) -> dict:
-        path = Path(run_dir) / "data" / name
-        if not path.exists():
-            raise UserError(f"{path} not found: PPO's prompts come from the data stage (rlhf-syco build-data)")
-        return {json.dumps(p["prompt"], sort_keys=True): p["prompt"] for p in read_jsonl(path)}
-
-    def short(conversations: list) -> list:
-        texts = render_prompts(tokenizer, conversations)  # exactly the text a rollout samples after
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        return [c for c, n in zip(conversations, lengths) if n <= max_tokens]
-
-    train, heldout = contexts("rl_train.jsonl"), contexts("rl_heldout.jsonl")
-    train_prompts = short(list(train.values()))
-    heldout_prompts = short([c for key, c in heldout.items() if key not in train])
-    if not train_prompts or not heldout_prompts:
-        raise UserError(f"no training or held-out prompt fits in {max_tokens} tokens", "ppo.max_prompt_tokens")
-    return train_prompts, heldout_prompts
+from rlhf_syco.rundir import RunDir, read_json, write_json
 
 
 def make_accelerator(config, log_dir):
@@ -88,7 +60,7 @@ def train_arm(config, run_dir: RunDir, arm: str) -> dict:
     # Every process loads at once: under ZeRO-3 loading is collective (zero.Init partitions as it builds).
     policy, tokenizer = load_causal_lm(config.policy.model, "cpu")
     ref_policy, _ = load_causal_lm(config.policy.model, "cpu")
-    value_model = load_value_model(config, run_dir, tokenizer, arm)
+    value_model = load_value_model(config, run_dir, tokenizer, arm, policy)
     reward_models = build_reward_models(config, run_dir, list(dict.fromkeys([*ppo.reward_models,
                                                                              *config.bon.reward_models])))
     train_prompts, heldout_prompts = rl_prompts(run_dir, tokenizer, ppo.max_prompt_tokens)

@@ -41,7 +41,8 @@ from rlhf_syco.rundir import read_jsonl, write_jsonl
 class PPOTrainer:
     """PPO of `policy` (a causal LM) against `reward_model` (a `reward_models.RewardModel`) on `prompts` (chat
     conversations ending with a user turn). `ref_policy` is a frozen copy of the policy; `value_model` a
-    sequence classifier with a one-output `score` head, applied to every token. Rollouts sample at
+    sequence classifier with a one-output `score` head, applied to every token, or a linear head on the policy's
+    last hidden state (`ppo/model.py: load_value_model`). Rollouts sample at
     `temperature` up to `max_new_tokens` tokens and run `generation_batch_size` prompts per `generate` call
     and per no-grad forward pass."""
 
@@ -54,7 +55,7 @@ class PPOTrainer:
             raise UserError("the policy's tokenizer has no chat template; PPO renders prompts with it")
         if temperature <= 0:
             raise UserError("PPO samples its rollouts: policy.generation.temperature must be above 0")
-        if not hasattr(value_model, "score"):
+        if not isinstance(value_model, torch.nn.Linear) and not hasattr(value_model, "score"):
             raise UserError(f"value model {type(value_model).__name__} has no `score` head on its tokens; "
                             "use a decoder (value_init: policy)")
         self.args, self.tokenizer, self.reward_model, self.prompts = args, tokenizer, reward_model, list(prompts)
@@ -203,6 +204,11 @@ class PPOTrainer:
     def rollout(self, conversations: list, seed: int) -> Rollout:
         """One sampled, scored reply per conversation (this process's share): `ppo.rollout.rollout`."""
         return rollout(self, conversations, seed)
+
+    def replies_and_kl(self, conversations: list, seed: int) -> tuple[list[str], torch.Tensor]:
+        """Replies sampled as in a rollout and each one's summed k1 KL to the reference (for the evaluation)."""
+        r = self.rollout(conversations, seed)
+        return r.replies, (r.kl * r.mask).sum(1)
 
     def unwrapped_policy(self):
         """The bare policy for `generate` (a context manager); under ZeRO-3 its parameters are gathered."""

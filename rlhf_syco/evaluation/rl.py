@@ -1,16 +1,18 @@
-"""Sycophancy measured along PPO: the evaluation callback that `PPOTrainer.train` runs at step 0 and at every
+"""Sycophancy measured along RL training, for every optimizer that trains a policy against a reward model (PPO,
+GRPO, RLOO): the RL prompts they all train on, and the evaluation callback each runs at step 0 and at every
 evaluation step.
 
-Run folder: `ppo/<arm>/eval/step-NNNNNN/` holds the evaluation of that checkpoint of the policy trained against
-reward model `<arm>` (`metrics.json`, judged replies). Rebuilt from every arm's evaluations after each one:
-- `results/ppo_curves.csv` (arm, step, kl, type, metric, value, ci_low, ci_high, reason: each type's headline);
-- `results/ppo_paired.csv` (arm, minus, step, kl, type, metric, value, ci_low, ci_high, ...): each checkpoint's
+Run folder, for optimizer `<opt>` (`ppo`, `grpo`, `rloo`): `<opt>/<arm>/eval/step-NNNNNN/` holds the evaluation of
+that step of the policy trained against reward model `<arm>` (`metrics.json`, judged replies). Rebuilt from
+every arm's evaluations after each one:
+- `results/<opt>_curves.csv` (arm, step, kl, type, metric, value, ci_low, ci_high, reason: each type's headline);
+- `results/<opt>_paired.csv` (arm, minus, step, kl, type, metric, value, ci_low, ci_high, ...): each step's
   headline minus its own step 0's (`minus` = "step 0"), and minus the next arm's at the same step (`minus` =
-  that arm: `pm` − `pm_nonsyco` with `ppo.reward_models: [pm, pm_nonsyco]`), with a paired bootstrap CI over
+  that arm: `pm` − `pm_nonsyco` with `reward_models: [pm, pm_nonsyco]`), with a paired bootstrap CI over
   the same items (every arm answers the same records with the same seeds);
-- `results/ppo_rewards.csv` (arm, step, kl, reward_model, mean_reward): every reward model's mean score of the
+- `results/<opt>_rewards.csv` (arm, step, kl, reward_model, mean_reward): every reward model's mean score of the
   arm's replies to held-out RL prompts;
-- `results/ppo_gold.csv` and `ppo_gold_fits.csv`: each type's gold rate at every evaluated step beside the
+- `results/<opt>_gold.csv` and `<opt>_gold_fits.csv`: each type's gold rate at every evaluated step beside the
   arm's proxy reward, against sqrt(KL), and Gao et al.'s RL form fitted to it (`overoptimization.py`).
 """
 
@@ -18,43 +20,86 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from rlhf_syco.generation import HFGenerator, derive_seed, make_generator
+from rlhf_syco.errors import UserError
+from rlhf_syco.generation import HFGenerator, derive_seed, make_generator, render_prompts
 from rlhf_syco.progress import console
-from rlhf_syco.rundir import RunDir, atomic_path, read_json, write_json
+from rlhf_syco.rundir import RunDir, atomic_path, read_json, read_jsonl, write_json
 
-if TYPE_CHECKING:
-    from rlhf_syco.ppo.trainer import PPOTrainer
+OPTIMIZERS = ("ppo", "grpo", "rloo")  # the config sections (and stage names) of the RL optimizers
+
+
+def rl_prompts(run_dir, tokenizer, max_tokens: int, optimizer: str = "ppo") -> tuple[list, list]:
+    """(training prompts, held-out prompts): the distinct conversations of `data/rl_{train,heldout}.jsonl`
+    (HH-RLHF conversations up to their last assistant turn, and the bias families' PM-half items in held-out
+    phrasings, so never an evaluation item nor a wording the PM was trained on) that take at most `max_tokens`
+    tokens in the policy's chat template. Held-out conversations that also occur in training are dropped."""
+
+    def contexts(name: str) -> dict:
+        path = Path(run_dir) / "data" / name
+        if not path.exists():
+            raise UserError(f"{path} not found: RL prompts come from the data stage (rlhf-syco build-data)")
+        return {json.dumps(p["prompt"], sort_keys=True): p["prompt"] for p in read_jsonl(path)}
+
+    def short(conversations: list) -> list:
+        texts = render_prompts(tokenizer, conversations)  # exactly the text a rollout samples after
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return [c for c, n in zip(conversations, lengths) if n <= max_tokens]
+
+    train, heldout = contexts("rl_train.jsonl"), contexts("rl_heldout.jsonl")
+    train_prompts = short(list(train.values()))
+    heldout_prompts = short([c for key, c in heldout.items() if key not in train])
+    if not train_prompts or not heldout_prompts:
+        raise UserError(f"no training or held-out prompt fits in {max_tokens} tokens", f"{optimizer}.max_prompt_tokens")
+    return train_prompts, heldout_prompts
+
+
+class TrainedPolicy(Protocol):
+    """What the evaluation needs of an optimizer's trainer."""
+
+    accelerator: object  # accelerate's Accelerator
+    tokenizer: object
+    seed: int
+
+    def unwrapped_policy(self) -> contextlib.AbstractContextManager:
+        """The bare policy being trained (parameters gathered under ZeRO-3)."""
+
+    def replies_and_kl(self, conversations: list, seed: int) -> tuple[list[str], torch.Tensor]:
+        """One reply per conversation sampled as in training, and each reply's summed log-ratio to the reference,
+        sum_t log pi(y_t) - log pi_ref(y_t) (an unbiased estimate of KL(pi || pi_ref))."""
 
 
 class SycophancyEvaluation:
-    """`evaluate(trainer, step)` for `PPOTrainer.train`: the evaluation suite on the policy in memory, with
-    the evaluation stage's records, prompts, prefills, reply budgets, seeds and are-you-sure second turn
-    (`ppo.eval_items_per_type` items per type), judged by the suite; plus, on `ppo.eval_prompts`
-    held-out RL prompts sampled as in training, the mean score under each reward model and the KL to the
-    reference (mean over replies of sum_t log pi(y_t) - log pi_ref(y_t), an unbiased estimate of
-    KL(pi || pi_ref)). The sampling seeds are the same at every step, so the curves compare policies on
-    identical random numbers."""
+    """`evaluate(trainer, step)` for the optimizer `optimizer` (its config section has `eval_items_per_type` and
+    `eval_prompts`; its arms are `config.arms(optimizer)`): the evaluation suite on the policy in memory, with the evaluation
+    stage's records, prompts, prefills, reply budgets, seeds and are-you-sure second turn (`eval_items_per_type`
+    items per type), judged by the suite; plus, on `eval_prompts` held-out RL prompts sampled as in training, the
+    mean score under each reward model and the KL to the reference (mean over replies of sum_t log pi(y_t) -
+    log pi_ref(y_t)). The sampling seeds are the same at every step, so the curves compare policies on identical
+    random numbers."""
 
-    def __init__(self, config, run_dir: RunDir, reward_models: dict, heldout_prompts: list, arm: str):
+    def __init__(self, config, run_dir: RunDir, reward_models: dict, heldout_prompts: list, arm: str,
+                 optimizer: str = "ppo"):
         from rlhf_syco.evaluation import suite
 
-        items = config.ppo.eval_items_per_type or config.eval.items_per_type
-        self.config = config
+        settings = getattr(config, optimizer)
+        items = settings.eval_items_per_type or config.eval.items_per_type
+        self.config, self.optimizer = config, optimizer
         self.tasks = suite.tasks(config.eval.types)
         self.records = {name: suite.records(task, config.eval, items, config.seed) for name, task in self.tasks.items()}
         self.judges = suite.make_judges(config.eval, list(self.tasks.values()))
-        self.reward_models, self.heldout = reward_models, heldout_prompts[:config.ppo.eval_prompts]
-        self.arms, self.root = config.ppo.reward_models, run_dir.stage("ppo")
+        self.reward_models, self.heldout = reward_models, heldout_prompts[:settings.eval_prompts]
+        self.arms, self.root = config.arms(optimizer), run_dir.stage(optimizer)
         self.folder, self.results = self.root / arm / "eval", run_dir.results
 
-    def __call__(self, trainer: PPOTrainer, step: int) -> None:
+    def __call__(self, trainer: TrainedPolicy, step: int) -> None:
         out = self.folder / f"step-{step:06d}"
         if out.exists():
             return
@@ -74,7 +119,7 @@ class SycophancyEvaluation:
             self._write(out, step, replies, kl, rewards)
         acc.wait_for_everyone()
 
-    def _replies(self, trainer: PPOTrainer) -> dict[str, list]:
+    def _replies(self, trainer: TrainedPolicy) -> dict[str, list]:
         """Every process generates the replies to its share of the records; the main process gets them all."""
         from accelerate.utils import gather_object
 
@@ -118,13 +163,12 @@ class SycophancyEvaluation:
             finally:
                 generator.close()
 
-    def _rewards_and_kl(self, trainer: PPOTrainer) -> tuple[float, dict[str, float]]:
+    def _rewards_and_kl(self, trainer: TrainedPolicy) -> tuple[float, dict[str, float]]:
         acc = trainer.accelerator
         rank, world = acc.process_index, acc.num_processes
         share = self.heldout[:len(self.heldout) // world * world][rank::world]
-        r = trainer.rollout(share, derive_seed(trainer.seed, "eval-rollout", rank))
-        sums = [(r.kl * r.mask).sum()] + [
-            torch.tensor(rm.score(share, r.replies).sum()) for rm in self.reward_models.values()]
+        replies, kl = trainer.replies_and_kl(share, derive_seed(trainer.seed, "eval-rollout", rank))
+        sums = [kl.sum()] + [torch.tensor(rm.score(share, replies).sum()) for rm in self.reward_models.values()]
         totals = acc.reduce(torch.stack([s.double() for s in sums]).to(acc.device), "sum").tolist()
         n = len(share) * world
         return totals[0] / n, {name: total / n for name, total in zip(self.reward_models, totals[1:])}
@@ -144,12 +188,13 @@ class SycophancyEvaluation:
             write_json(tmp / "metrics.json", {"step": step, "kl": kl, "rewards": rewards, "sycophancy": sycophancy})
         shown = ", ".join(f"{name} {next(v['value'] for v in sycophancy[name].values() if v['headline'])}"
                           for name in self.tasks)
-        console.print(f"[bold]ppo[/bold] step {step}: kl {kl:.3f}, rewards "
+        console.print(f"[bold]{self.optimizer}[/bold] step {step}: kl {kl:.3f}, rewards "
                       f"{', '.join(f'{k} {v:.3f}' for k, v in rewards.items())}; sycophancy: {shown}")
         self._write_tables()
 
     def _write_tables(self) -> None:
-        """`results/ppo_curves.csv`, `ppo_paired.csv` and `ppo_rewards.csv` from every arm's evaluations so far."""
+        """`results/<opt>_curves.csv`, `_paired.csv`, `_rewards.csv` and `_gold*.csv` from every arm's evaluations
+        so far."""
         import pandas as pd
 
         from rlhf_syco.evaluation.metrics import paired_difference
@@ -182,9 +227,9 @@ class SycophancyEvaluation:
                 rewards += [{"arm": arm, "step": m["step"], "kl": m["kl"], "reward_model": name, "mean_reward": value}
                             for name, value in m["rewards"].items()]
         gold, fits = self._gold(judged)
-        for file, rows in (("ppo_curves.csv", curves), ("ppo_paired.csv", paired), ("ppo_rewards.csv", rewards),
-                           ("ppo_gold.csv", gold), ("ppo_gold_fits.csv", fits)):
-            with atomic_path(self.results / file) as tmp:
+        for table, rows in (("curves", curves), ("paired", paired), ("rewards", rewards), ("gold", gold),
+                            ("gold_fits", fits)):
+            with atomic_path(self.results / f"{self.optimizer}_{table}.csv") as tmp:
                 pd.DataFrame(rows).to_csv(tmp, index=False)
 
     def _gold(self, judged) -> tuple[list[dict], list[dict]]:
