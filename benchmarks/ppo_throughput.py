@@ -8,9 +8,9 @@ and the default), a smaller one (`value_layers`: the policy's first layers, by d
 scalar head on the policy's own trunk (`value_head: policy_trunk`). Each run is a process of its own, so its peak
 resident memory (`ru_maxrss`, model loading included) is its own.
 
-All train the same decoder policy (`--policy`, by default `tiny:decoder`) with a value model initialised from it, against the
-same reward model (a tiny sequence classifier saved once with a fixed seed), on the same prompts (shipped
-HH-RLHF contexts in the chat template) with the same PPO settings: rollout and mini-batch sizes, PPO epochs,
+All train the same decoder policy (`--policy`, by default `tiny:decoder`) with a value model initialised from it,
+against the same reward model (the policy's architecture with a fresh scalar head, saved once with a fixed seed),
+on the same prompts (shipped HH-RLHF contexts in the chat template) with the same PPO settings: rollout and mini-batch sizes, PPO epochs,
 response length, temperature 1, learning rate, KL coefficient, fp32, no gradient checkpointing (TRL's
 default turns it on) and no sample generations. TRL 1.12.0 is installed into a throwaway virtualenv
 (`--venv`) with this environment's torch, transformers, accelerate and datasets versions, so only the trainer
@@ -231,9 +231,11 @@ def main() -> None:
               "policy_trunk": "ours, value head on the policy's trunk"}
     for name in names:
         b = best[name]
+        speed = b["tokens_per_s"] / best["trl"]["tokens_per_s"]
+        memory = b["peak_rss_mb"] / best["separate"]["peak_rss_mb"]
         print(f"{labels[name]:<42} {b['tokens_per_s']:8.1f} tokens/s  {slots / b['tokens_per_s'] / a.steps:6.2f} "
-              f"s/step  peak {b['peak_rss_mb']:7.0f} MB  speed vs TRL {b['tokens_per_s'] / best['trl']['tokens_per_s']:.2f}x"
-              f"  memory vs ours separate {b['peak_rss_mb'] / best['separate']['peak_rss_mb']:.2f}x")
+              f"s/step  peak {b['peak_rss_mb']:7.0f} MB  speed vs TRL {speed:.2f}x  "
+              f"memory vs ours separate {memory:.2f}x")
 
 
 if __name__ == "__main__":

@@ -201,22 +201,20 @@ def ppo(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = Over
     _plot(cfg, run_dir)
 
 
-@app.command()
-def grpo(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
-         force: list[str] = ForceOpt):
-    """GRPO (TRL) against each of grpo.reward_models, evaluated as PPO is; resumes from its last checkpoint."""
-    cfg, run_dir = _setup(config, overrides, force)
-    _stages(["grpo"], cfg, run_dir)
-    _plot(cfg, run_dir)
+def _group_rl_command(name: str, label: str) -> None:
+    def command(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
+                force: list[str] = ForceOpt):
+        cfg, run_dir = _setup(config, overrides, force)
+        _stages([name], cfg, run_dir)
+        _plot(cfg, run_dir)
+
+    command.__doc__ = (f"{label} (TRL) against each of {name}.reward_models, evaluated as PPO is; resumes from its "
+                       "last checkpoint.")
+    app.command(name)(command)
 
 
-@app.command()
-def rloo(config: Optional[str] = ConfigArg, overrides: Optional[list[str]] = OverridesArg,
-         force: list[str] = ForceOpt):
-    """RLOO (TRL) against each of rloo.reward_models, evaluated as PPO is; resumes from its last checkpoint."""
-    cfg, run_dir = _setup(config, overrides, force)
-    _stages(["rloo"], cfg, run_dir)
-    _plot(cfg, run_dir)
+_group_rl_command("grpo", "GRPO")
+_group_rl_command("rloo", "RLOO")
 
 
 @app.command()

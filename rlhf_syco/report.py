@@ -11,15 +11,17 @@ labelled `beta=0.95`); a sweep folder stands for all of its points. Within a gro
 - `optimizers_vs_kl.csv`, when the runs used more than one optimizer: each optimizer's pooled headline against
   KL, for the reward models they all optimized against (`plots.optimizer_rows`);
 - `findings.csv`: per group and type, the PM - non-sycophantic PM difference at the largest n (best-of-N) and at
-  the last step (PPO, GRPO, RLOO), whether its pooled CI excludes 0, and in how many runs the run's own CI excludes 0 on the
-  same side (with 2 seeds the pooled CI's coverage falls short when the seeds disagree: docs/results.md);
+  the last step (PPO, GRPO, RLOO), whether its pooled CI excludes 0, and in how many runs the run's own CI
+  excludes 0 on the same side (with 2 seeds the pooled CI's coverage falls short when the seeds disagree:
+  docs/results.md);
 - `pm_learned.csv`: per group and bias family, what the PM learned: its accuracy on fresh pairs of the
   labeler against the labeler's ceiling (`results/pm_bias.json`), and how often each reward model prefers the
   sycophantic reply on evaluation-half items in held-out phrasings (`results/probe_pm.json`), pooled over seeds;
 - `gold_fits.csv`: every run's Gao et al. fits (`overoptimization.py`), not pooled;
 - `runs.csv`: each run, its group and seed;
 - the figures (`bon_vs_n.png`, `bon_paired_vs_n.png`, `<opt>_vs_step.png`, `<opt>_vs_kl.png`,
-  `<opt>_paired_vs_step.png`, `optimizers_vs_kl.png`, each with the CSV of the rows it draws) and `report.md`, which links them.
+  `<opt>_paired_vs_step.png`, `optimizers_vs_kl.png`, each with the CSV of the rows it draws) and `report.md`,
+  which links them.
 
 Pooling seeds. Each seed draws its own evaluation items and trains its own PM, so the runs of a group are
 independent replicates. From run i's value v_i and CI, se_i = (ci_high - ci_low) / (2 * 1.96); the pooled value
@@ -220,7 +222,8 @@ def build(paths: list[Path], out: Path) -> dict:
                                     out / "optimizers_vs_kl.png"))
     written["findings.csv"] = findings(paired_pooled, paired_runs)
     written["pm_learned.csv"] = pm_learned(runs)
-    fits = [(method, _read(runs, f"{key}_gold_fits.csv")) for key, method in {"bon": "best-of-N", **RL_OPTIMIZERS}.items()]
+    methods = {"bon": "best-of-N", **RL_OPTIMIZERS}
+    fits = [(method, _read(runs, f"{key}_gold_fits.csv")) for key, method in methods.items()]
     fits = [f.assign(method=method) for method, f in fits if not f.empty]
     fits = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame()
     written["gold_fits.csv"] = fits

@@ -46,8 +46,8 @@ def open_run(config, force: tuple[str, ...] = ()) -> RunDir:
     run_dir.lock()
     old = run_dir.manifest().get("config")
     new = config.dump()
-    if old is not None:  # a section added to the package since the run began reads as its defaults
-        old = {**{k: v for k, v in type(config)().dump().items() if k not in old}, **old}
+    if old is not None:  # a section or key added to the package since the run began reads as its default
+        old = _with_new_fields(old, type(config), type(config)().dump())
     if old is not None and not force:
         diff = _first_difference({k: v for k, v in old.items() if k not in NOT_RESULTS},
                                  {k: v for k, v in new.items() if k not in NOT_RESULTS})
@@ -62,6 +62,21 @@ def open_run(config, force: tuple[str, ...] = ()) -> RunDir:
         run_dir.reset("plots")  # figures are drawn from every stage's results
     run_dir.start(new, config.seed)
     return run_dir
+
+
+def _with_new_fields(old: dict, model, defaults: dict) -> dict:
+    """A run's recorded config with the fields of `model` (a config section) it lacks set to their `defaults`, in
+    every nested section; free-form mappings (`reward_models`, `eval.max_new_tokens`) are left as recorded."""
+    from pydantic import BaseModel
+
+    out = dict(old)
+    for name, field in model.model_fields.items():
+        if name not in out:
+            out[name] = defaults[name]
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) and \
+                isinstance(out[name], dict) and isinstance(defaults[name], dict):
+            out[name] = _with_new_fields(out[name], field.annotation, defaults[name])
+    return out
 
 
 def _first_difference(a, b, prefix: str = "") -> str | None:

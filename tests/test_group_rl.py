@@ -20,17 +20,9 @@ import yaml
 
 from rlhf_syco.config import ExperimentConfig
 from rlhf_syco.group_rl import stage as group_stage
-from test_ppo_trainer import RULE, TESTS, letter_share, tiny_config, with_data
+from test_ppo_trainer import RULE, TESTS, finish, letter_share, one_thread, tiny_config, with_data  # noqa: F401
 
 OPTIMIZERS = ["grpo", "rloo"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def config_for(tmp_path, optimizer, name="run", **options) -> ExperimentConfig:
@@ -212,16 +204,6 @@ def stage_process(config, optimizer, tmp_path) -> subprocess.Popen:
            "OMP_NUM_THREADS": "1", "RLHF_SYCO_NO_PROGRESS": "1"}
     return subprocess.Popen([sys.executable, str(script), str(path), optimizer], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def finish(process: subprocess.Popen, timeout: float = 300) -> str:
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise
-    assert process.returncode == 0, output[-4000:]
-    return output
 
 
 def history(run_dir, optimizer) -> list[dict]:

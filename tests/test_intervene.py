@@ -254,8 +254,9 @@ def test_a_run_made_before_the_intervene_section_existed_reopens(tmp_path):
     manifest = tmp_path / "tiny" / "manifest.json"
     data = json.loads(manifest.read_text())
     del data["config"]["intervene"]
+    del data["config"]["ppo"]["value_head"]  # a key added to a section later
     manifest.write_text(json.dumps(data))
-    open_run(config).unlock()  # the missing section reads as its defaults
+    open_run(config).unlock()  # the missing section and key read as their defaults
     with pytest.raises(UserError, match="first difference: intervene.method"):
         open_run(load_config(TINY, [f"runs_dir={tmp_path}", "intervene.method=kshot"]))
 

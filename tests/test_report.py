@@ -147,3 +147,32 @@ def test_the_report_of_real_runs_matches_their_results(tmp_path):
     assert set(found["method"]) == {"best-of-N"} and (found["at"] == "n = 4").all()  # PPO has one arm here
     assert set(pd.read_csv(out / "gold_fits.csv")["method"]) == {"best-of-N", "PPO"}
     assert (out / "ppo_vs_step.png").exists() and (out / "report.md").read_text().count("![") == 4
+
+
+def test_runs_with_more_than_one_optimizer_get_the_comparison_and_the_rl_findings(tmp_path):
+    """GRPO's tables beside best-of-N's: pooled over two seeds, drawn against KL with best-of-N's, and its
+    pm - pm_nonsyco difference at the last step among the findings."""
+    runs = []
+    for seed, (value, low, high) in enumerate([(0.30, 0.10, 0.50), (0.10, 0.02, 0.18)]):
+        run = fake_run(tmp_path / f"s{seed}", 0.95, seed, [(1, 0.0, -0.1, 0.1), (32, 0.2, 0.1, 0.3)])
+        curves = [{"arm": arm, "step": step, "kl": 0.5 * step + seed, "type": "answer", "metric": "answer_endorsement",
+                   "value": 0.1 * step, "ci_low": 0.0, "ci_high": 0.2 * step + 0.1, "reason": None}
+                  for arm in ("pm", "pm_nonsyco") for step in (0, 4)]
+        pd.DataFrame(curves).to_csv(run / "results" / "grpo_curves.csv", index=False)
+        paired = [{"arm": "pm", "minus": "pm_nonsyco", "step": 4, "kl": 2.0 + seed, "type": "answer",
+                   "metric": "answer_endorsement", "value": value, "ci_low": low, "ci_high": high, "items": 20}]
+        pd.DataFrame(paired).to_csv(run / "results" / "grpo_paired.csv", index=False)
+        runs.append(run)
+    made = build(runs, tmp_path / "report")
+    assert {"grpo_curves.csv", "grpo_paired.csv", "optimizers_vs_kl.csv", "optimizers_vs_kl.png"} <= set(made["files"])
+    compared = pd.read_csv(tmp_path / "report" / "optimizers_vs_kl.csv")
+    grpo = compared[(compared["optimizer"] == "GRPO") & (compared["reward_model"] == "pm")].set_index("kl")
+    assert list(grpo.index) == [0.5, 2.5]  # the KL at step 0 and 4, each the mean over the two seeds
+    assert grpo.loc[2.5, "value"] == pytest.approx(0.4)
+    assert set(compared[compared["optimizer"] == "best-of-N"]["reward_model"]) == {"pm"}
+    found = pd.read_csv(tmp_path / "report" / "findings.csv")
+    row = found[found["method"] == "GRPO"].iloc[0]
+    assert (row["at"], row["difference"]) == ("step = 4", "pm \u2212 pm_nonsyco")
+    assert [row["value"], row["ci_low"], row["ci_high"]] == \
+        pytest.approx(hand_pool([0.30, 0.10], [0.10, 0.02], [0.50, 0.18]))
+    assert "GRPO" in (tmp_path / "report" / "report.md").read_text()

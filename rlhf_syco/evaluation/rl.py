@@ -33,8 +33,6 @@ from rlhf_syco.generation import HFGenerator, derive_seed, make_generator, rende
 from rlhf_syco.progress import console
 from rlhf_syco.rundir import RunDir, atomic_path, read_json, read_jsonl, write_json
 
-OPTIMIZERS = ("ppo", "grpo", "rloo")  # the config sections (and stage names) of the RL optimizers
-
 
 def rl_prompts(run_dir, tokenizer, max_tokens: int, optimizer: str = "ppo") -> tuple[list, list]:
     """(training prompts, held-out prompts): the distinct conversations of `data/rl_{train,heldout}.jsonl`
@@ -57,7 +55,8 @@ def rl_prompts(run_dir, tokenizer, max_tokens: int, optimizer: str = "ppo") -> t
     train_prompts = short(list(train.values()))
     heldout_prompts = short([c for key, c in heldout.items() if key not in train])
     if not train_prompts or not heldout_prompts:
-        raise UserError(f"no training or held-out prompt fits in {max_tokens} tokens", f"{optimizer}.max_prompt_tokens")
+        raise UserError(f"no training or held-out prompt fits in {max_tokens} tokens",
+                        f"{optimizer}.max_prompt_tokens")
     return train_prompts, heldout_prompts
 
 
@@ -78,12 +77,12 @@ class TrainedPolicy(Protocol):
 
 class SycophancyEvaluation:
     """`evaluate(trainer, step)` for the optimizer `optimizer` (its config section has `eval_items_per_type` and
-    `eval_prompts`; its arms are `config.arms(optimizer)`): the evaluation suite on the policy in memory, with the evaluation
-    stage's records, prompts, prefills, reply budgets, seeds and are-you-sure second turn (`eval_items_per_type`
-    items per type), judged by the suite; plus, on `eval_prompts` held-out RL prompts sampled as in training, the
-    mean score under each reward model and the KL to the reference (mean over replies of sum_t log pi(y_t) -
-    log pi_ref(y_t)). The sampling seeds are the same at every step, so the curves compare policies on identical
-    random numbers."""
+    `eval_prompts`; its arms are `config.arms(optimizer)`): the evaluation suite on the policy in memory, with the
+    evaluation stage's records, prompts, prefills, reply budgets, seeds and are-you-sure second turn
+    (`eval_items_per_type` items per type), judged by the suite; plus, on `eval_prompts` held-out RL prompts
+    sampled as in training, the mean score under each reward model and the KL to the reference (mean over replies
+    of sum_t log pi(y_t) - log pi_ref(y_t)). The sampling seeds are the same at every step, so the curves compare
+    policies on identical random numbers."""
 
     def __init__(self, config, run_dir: RunDir, reward_models: dict, heldout_prompts: list, arm: str,
                  optimizer: str = "ppo"):

@@ -15,8 +15,8 @@ class GroupRLConfig(Strict):
     `policy.generation.max_new_tokens` tokens, scores each reply's text with the arm's reward model, and takes
     one optimizer step on the group-relative advantages (one pass: TRL's `num_iterations` 1, so the ratio is
     1 and the update is on-policy). One policy is trained against each of `reward_models` (an arm each, from the
-    same start, prompts and seeds; by default PPO's arms), with the sycophancy evaluation at step 0 and every `eval_every` steps, as
-    PPO's (`evaluation/rl.py`).
+    same start, prompts and seeds; by default PPO's arms), with the sycophancy evaluation at step 0 and every
+    `eval_every` steps, as PPO's (`evaluation/rl.py`).
 
     Batch sizes count across all processes; TRL's `per_device_train_batch_size` counts replies, so it is
     `prompts_per_step * group_size / processes`. The learning rate decays linearly to 0 over `steps`.
