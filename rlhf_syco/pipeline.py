@@ -4,7 +4,8 @@
 rest one after another. With Ray, each stage is one task (`max_retries=0`: retries are ours, see below) with
 the resources `stage_resources` gives it, calling the same `run_stage` as the in-process path; stage
 functions stay plain Python and a run gives the same results either way. With `compute.num_workers > 1`,
-PM training and PPO run as a Ray Train group (`_train_group`: the stage function on every rank), and
+the training stages (PM, PPO, GRPO, RLOO) run as a Ray Train group (`_train_group`: the stage function on every
+rank), and
 best-of-N's task coordinates that many actors (`rlhf_syco.fanout`). Ray joins `compute.ray_address`
 (or `$RAY_ADDRESS`) when set, as on a Slurm allocation (`slurm/`); otherwise it starts a private local
 instance with this machine's cores for the length of the run.
@@ -14,9 +15,11 @@ to `compute.stage_retries` times and resumes from its own checkpoints; each fail
 manifest under `failures`. Bad input (`UserError`) is not retried: it would fail the same way.
 
 SIGTERM or SIGINT reaching the driver while a stage's task runs is passed on to that task's worker, which then
-stops as if it had received the signal itself (`rlhf_syco.preemption`): PM training and PPO after writing a
-checkpoint. A Ray Train group (`compute.num_workers > 1`) is not told: its ranks are stopped with the driver, and
-resume from their last periodic checkpoint.
+stops as if it had received the signal itself (`rlhf_syco.preemption`): the training stages after writing a
+checkpoint. A Ray Train group (`compute.num_workers > 1`) is asked through a request file in the stage's folder
+(the runs folder is shared by every node, as the ranks' checkpoints already require): every rank reads it at its
+next step, all stop after the same step with one checkpoint, and rank 0 tells the driver, which exits as one
+stage task would.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import logging
 import os
 import signal
+from pathlib import Path
 
 from rich.markup import escape
 
@@ -37,6 +41,8 @@ from rlhf_syco.stages import STAGES, run_stage
 # What a stage's worker must share with the driver: the model cache, offline switches, quiet bars, imports.
 FORWARDED_ENV = ("RLHF_SYCO_", "HF_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM", "PYTHONPATH")
 CPU_ONLY_STAGES = ("data", "plots")  # they load no model
+# <run>/<stage>/.stop-request: the driver asks a training group to stop; .stopped: the group says it did
+STOP_REQUEST, STOPPED = ".stop-request", ".stopped"
 TRAINING_STAGES = ("pm", "ppo", "grpo", "rloo")  # with compute.num_workers > 1: a Ray Train group, one process per worker
 FAN_OUT_STAGES = ("bon",)  # with compute.num_workers > 1: a coordinating task and actors (rlhf_syco.fanout)
 
@@ -183,20 +189,59 @@ def _train_group(name: str, config, run_dir: RunDir) -> dict:
     c = config.compute
     worker = stage_resources(name, config)
     resources = {"CPU": worker["num_cpus"], **({"GPU": worker["num_gpus"]} if worker["num_gpus"] else {})}
+    stop_request = (run_dir.path / name / STOP_REQUEST).resolve()
+    stop_request.unlink(missing_ok=True)  # one left by an earlier stopped run
     trainer = TorchTrainer(
         _stage_in_group,
-        train_loop_config={"name": name, "config": config, "run_dir": str(run_dir.path.resolve()), "cwd": os.getcwd()},
+        train_loop_config={"name": name, "config": config, "run_dir": str(run_dir.path.resolve()), "cwd": os.getcwd(),
+                           "stop_request": str(stop_request)},
         torch_config=TorchConfig(backend="nccl" if c.gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=bool(c.gpus_per_worker),
                                      resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=str((run_dir.path / "ray_train").resolve())),
     )
-    trainer.fit()
+    received = []
+
+    def pass_on(signum, frame):  # the ranks read the request at their next step and stop together after it
+        received.append(signum)
+        if len(received) > 1:
+            raise preemption.at_once(signum)
+        preemption.request(stop_request, signum)
+
+    stopped = stop_request.with_name(STOPPED)
+    stopped.unlink(missing_ok=True)
+    try:
+        with preemption.handled_by(pass_on):
+            trainer.fit()
+        if stopped.exists():  # the ranks stopped together after a step, with a checkpoint
+            note = read_json(stopped)
+            raise preemption.Preempted(note["message"], note["signal"]).caused_by(received[0] if received else
+                                                                                 note["signal"])
+    except preemption.Preempted:
+        raise
+    except Exception:
+        if not received:
+            raise
+        raise preemption.at_once(received[0]) from None
+    finally:
+        stop_request.unlink(missing_ok=True)
+        stopped.unlink(missing_ok=True)
     return read_json(run_dir / name / "DONE.json")  # the stage's own summary stays in its folder
 
 
 def _stage_in_group(loop_config: dict) -> None:
-    _stage_in_worker(loop_config["name"], loop_config["config"], loop_config["run_dir"], loop_config["cwd"])
+    """One rank of a training group. A stop on a signal (`preemption.Preempted`, agreed by every rank after the
+    same step) is handed to the driver through `STOPPED` by rank 0 rather than raised, so that Ray Train does not
+    report it as a failing worker."""
+    from rlhf_syco.rundir import write_json
+
+    request = Path(loop_config["stop_request"])
+    preemption.watch(request)
+    try:
+        _stage_in_worker(loop_config["name"], loop_config["config"], loop_config["run_dir"], loop_config["cwd"])
+    except preemption.Preempted as e:
+        if os.environ.get("RANK", "0") == "0":
+            write_json(request.with_name(STOPPED), {"message": str(e), "signal": e.signum})
 
 
 @contextlib.contextmanager

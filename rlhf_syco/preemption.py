@@ -5,7 +5,9 @@ done since the last periodic one.
 `deferred()` once it is ready to stop cleanly and asks `agreed()` after each step: when a signal has
 arrived (at any rank of a multi-process run), it writes a checkpoint and raises `Preempted`. A stage that does not defer (its caches are written per
 shard or per type, atomically) is stopped at once by the first signal. A second signal stops any stage at once.
-A Ray driver passes the signal on to the stage's worker (`rlhf_syco.pipeline`), which then stops the same way.
+A Ray driver passes the signal on to the stage's worker (`rlhf_syco.pipeline`), which then stops the same way; to
+a Ray Train group it passes it through a request file in the run folder, which every rank `watch`es and reads as
+a signal of its own at its next step.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from pathlib import Path
 
 from rlhf_syco.errors import UserError
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_state = {"defer": False, "signal": None, "own": None}  # signal: the stop agreed on; own: this process's
+# signal: the stop agreed on; own: this process's; request: the file through which a Ray driver asks a training
+# group to stop (`watch`)
+_state = {"defer": False, "signal": None, "own": None, "request": None}
 
 
 class Preempted(UserError):
@@ -72,7 +77,29 @@ def graceful():
         with handled_by(_stop):
             yield
     finally:
-        _state.update(defer=False, signal=None, own=None)
+        _state.update(defer=False, signal=None, own=None, request=None)
+
+
+def watch(request_file: Path) -> None:
+    """Take `request_file`, once it exists, as a signal to this process (the number it holds): a Ray driver writes
+    it to stop a training group whose ranks it cannot signal."""
+    _state["request"] = Path(request_file)
+
+
+def request(request_file: Path, signum: int) -> None:
+    """Ask the processes watching `request_file` to stop as if they had received `signum`."""
+    from rlhf_syco.rundir import atomic_path
+
+    request_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(request_file) as tmp:
+        tmp.write_text(str(signum))
+
+
+def _requested_by_file() -> None:
+    path = _state["request"]
+    if _state["defer"] and _state["own"] is None and path is not None and path.exists():
+        _state["own"] = int(path.read_text() or signal.SIGTERM)
+        _state["signal"] = _state["signal"] or _state["own"]
 
 
 def deferred() -> None:
@@ -92,6 +119,7 @@ def agreed(device=None) -> int | None:
     import torch
     import torch.distributed as dist
 
+    _requested_by_file()
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return requested()
     flag = torch.tensor([requested() or 0], dtype=torch.int64, device=device)

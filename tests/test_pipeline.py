@@ -141,6 +141,39 @@ def test_pm_and_ppo_train_as_ray_train_groups_of_two_processes(local_ray, tmp_pa
     assert (run_dir / "results" / "ppo_curves.csv").exists() and run_dir.is_done("ppo")
 
 
+def test_sigterm_to_the_driver_stops_a_ray_train_group_after_one_step_with_a_checkpoint(tmp_path):
+    """SIGTERM to the `rlhf-syco run` driver alone while PM training runs as a group of two Ray Train ranks: the
+    driver asks the ranks through the stage's request file, both stop after the same step with one checkpoint,
+    the command ends in one line with exit 143, and `--resume` continues from that checkpoint to the end."""
+    command = [sys.executable, "-m", "rlhf_syco.cli", "run", str(TINY), *FAST, "name=group", "stages=[pm]",
+               "compute.num_workers=2", "compute.cpus_per_worker=1", "pm.train.max_steps=300",
+               "pm.train.save_steps=5", f"runs_dir={tmp_path}"]
+    checkpoints = tmp_path / "group" / "pm" / "checkpoints"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 240
+    while not (checkpoints / "checkpoint-5" / "SEALED.json").exists() and process.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=180)[1]
+    _wait_until_gone(process.pid)
+    assert process.returncode == 143, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    found = re.fullmatch(r"error: pm: stopped by SIGTERM after step (\d+), with a checkpoint \(checkpoint-\1\); "
+                         r"run again \(with --resume\) to continue from it", last)
+    assert found, last
+    step = int(found.group(1))
+    assert 5 <= step < 300 and (checkpoints / f"checkpoint-{step}" / "SEALED.json").exists()
+    assert sum("stopped by SIGTERM" in line for line in stderr.splitlines()) == 1  # not also as a worker failure
+    assert not list((tmp_path / "group" / "pm").glob(".stop*"))
+
+    finished = subprocess.run([*command, "--resume"], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    metrics = json.loads((tmp_path / "group" / "pm" / "metrics.json").read_text())
+    assert metrics["resumed_from"] == f"checkpoint-{step}" and metrics["steps"] == 300 and metrics["processes"] == 2
+
+
 def test_bad_input_is_not_retried(tmp_path):
     cfg = tiny(tmp_path, "bad", f"pm.data.hh_rlhf={tmp_path}/missing.jsonl")
     run_dir = open_run(cfg)
