@@ -195,15 +195,15 @@ RUN_STAGE = textwrap.dedent("""
 """)
 
 
-def stage_process(config, optimizer, tmp_path) -> subprocess.Popen:
+def stage_process(config, optimizer, tmp_path, launcher=()) -> subprocess.Popen:
     path = tmp_path / f"{config.name}.yaml"
     path.write_text(yaml.safe_dump(config.dump()))
     script = tmp_path / "run_group_stage.py"
     script.write_text(RUN_STAGE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "RLHF_SYCO_NO_PROGRESS": "1"}
-    return subprocess.Popen([sys.executable, str(script), str(path), optimizer], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen([*(launcher or [sys.executable]), str(script), str(path), optimizer], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def history(run_dir, optimizer) -> list[dict]:
@@ -259,3 +259,27 @@ def test_killed_damaged_and_signalled_runs_resume_to_the_numbers_of_an_uninterru
     assert step < 12 and f"with a checkpoint (checkpoint-{step})" in output
     finish(stage_process(stopped, optimizer, tmp_path))
     same_as_whole(stopped)
+
+
+@pytest.mark.slow
+def test_grpo_with_two_gloo_processes(tmp_path):
+    """The stage as every rank of a two-process launch (as `torchrun`, or a Ray Train group, runs it): each rank
+    samples half of a step's replies, TRL gathers the rewards for the group advantages, the evaluation splits the
+    records between the ranks and rank 0 writes everything."""
+    import socket
+
+    config = config_for(tmp_path, "grpo", "two", steps=4, prompts_per_step=2, group_size=4, lr=1e-2)
+    with_data(config)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    finish(stage_process(config, "grpo", tmp_path, launcher), timeout=600)
+    out = config.run_dir / "grpo" / "rule"
+    assert json.loads((out / "final.json").read_text())["steps"] == 4
+    assert [r["step"] for r in history(config.run_dir, "grpo")] == [1, 2, 3, 4]
+    curves = pd.read_csv(config.run_dir / "results" / "grpo_curves.csv")
+    assert sorted(set(zip(curves["step"], curves["type"]))) == [(s, t) for s in (0, 2, 4)
+                                                                  for t in ("answer", "are_you_sure")]
+    judged = pd.read_parquet(out / "eval" / "step-000004" / "judged_answer.parquet")
+    assert len(judged) == len(pd.read_parquet(out / "eval" / "step-000000" / "judged_answer.parquet")) > 0

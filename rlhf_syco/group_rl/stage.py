@@ -49,6 +49,8 @@ def run(config, run_dir: RunDir | str | Path, optimizer: str) -> dict:
             summary = train_arm(config, run_dir, optimizer, arm)
             if summary is not None:  # the main process writes
                 write_json(done, summary)
+                # the policy is saved and the arm marked done: its optimizer states are not needed again
+                shutil.rmtree(done.parent / "checkpoints", ignore_errors=True)
         arms[arm] = read_json(done) if done.exists() else {}
     return arms
 
@@ -144,7 +146,6 @@ def train_arm(config, run_dir: RunDir, optimizer: str, arm: str) -> dict | None:
                "heldout_prompts": len(heldout_prompts), "resumed_from": resumed.name if resumed else None,
                "seconds_per_step": float(np.mean(step_seconds)) if step_seconds else None,
                "final": {k: history[-1].get(k) for k in ("reward", "reward_std", "kl")} if history else {}}
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the policy is saved; optimizer states are not needed again
     del trainer, policy, reward_models
     gc.collect()  # the next arm loads its own models
     return summary
