@@ -146,7 +146,15 @@ def test_the_report_of_real_runs_matches_their_results(tmp_path):
     found = pd.read_csv(out / "findings.csv")
     assert set(found["method"]) == {"best-of-N"} and (found["at"] == "n = 4").all()  # PPO has one arm here
     assert set(pd.read_csv(out / "gold_fits.csv")["method"]) == {"best-of-N", "PPO"}
-    assert (out / "ppo_vs_step.png").exists() and (out / "report.md").read_text().count("![") == 4
+    assert (out / "ppo_vs_step.png").exists() and (out / "report.md").read_text().count("![") == 5
+    # best-of-N and PPO against the same PM on one figure: the pooled curves' own rows, on one metric per type
+    compared = pd.read_csv(out / "optimizers_vs_kl.csv")
+    assert set(compared["optimizer"]) == {"best-of-N", "PPO"} and set(compared["reward_model"]) == {"pm"}
+    ppo = pd.read_csv(out / "ppo_curves.csv")
+    for row in compared[compared["optimizer"] == "PPO"].itertuples():
+        same = ppo[(ppo["type"] == row.type) & (ppo["metric"] == row.metric) & (ppo["kl"] == row.kl)]
+        assert len(same) == 1 and same["value"].iloc[0] == pytest.approx(row.value, nan_ok=True)
+    assert (compared.groupby("type")["metric"].nunique() == 1).all()
 
 
 def test_runs_with_more_than_one_optimizer_get_the_comparison_and_the_rl_findings(tmp_path):
