@@ -40,7 +40,7 @@ def _encode(pairs: list[dict], tokenizer, max_length: int) -> list[dict]:
 def train(config, run_dir: RunDir) -> dict:
     import datasets
     from transformers import set_seed
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardConfig
 
     from rlhf_syco import distributed
     from rlhf_syco.models import load_sequence_classifier
@@ -69,8 +69,8 @@ def train(config, run_dir: RunDir) -> dict:
         **placement, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
 
-    trainer = RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=train_ds,
-                            eval_dataset=eval_ds, callbacks=training.callbacks("pm: training"))
+    trainer = _reward_trainer(config.seed)(model=model, args=args, processing_class=tok, train_dataset=train_ds,
+                                           eval_dataset=eval_ds, callbacks=training.callbacks("pm: training"))
     resume = training.train(trainer, ckpts, "pm")
 
     # Every rank takes part in saving (ZeRO-3 gathers the shards); only the main process writes, into a
@@ -101,6 +101,38 @@ def train(config, run_dir: RunDir) -> dict:
     write_json(run_dir.results / "pm_bias.json", learned_bias(config, run_dir))
     shutil.rmtree(ckpts, ignore_errors=True)  # the final model is saved; optimizer states are not needed again
     return summary
+
+
+def _reward_trainer(seed: int):
+    """TRL's `RewardTrainer` whose length-grouped order is drawn, in every epoch after the first, from a generator
+    seeded by (seed, epoch). transformers' sampler draws each epoch's order from the global RNG at the epoch's
+    start, while a resumed Trainer restores the RNG state of its checkpoint, taken mid-epoch: a run resumed in a
+    later epoch drew another order. The first epoch's order is transformers' own, so one-epoch runs are unchanged."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+    from trl import RewardTrainer
+
+    from rlhf_syco.generation import derive_seed
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:  # the Trainer calls it at every epoch's start
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = None if self.epoch == 0 else \
+                torch.Generator().manual_seed(derive_seed(seed, "pm-epoch", self.epoch))
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    class Trainer(RewardTrainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            sampler = super()._get_train_sampler(*args, **kwargs)
+            if type(sampler) is LengthGroupedSampler:
+                sampler.__class__ = EpochSeededLengthGroupedSampler
+            return sampler
+
+    return Trainer
 
 
 def heldout_accuracy(config, run_dir: RunDir, pairs: list[dict]) -> dict:

@@ -112,9 +112,29 @@ def test_killed_training_resumes_from_checkpoint_to_identical_weights(tmp_path):
     same_weights(tmp_path / "ref", tmp_path / "kill")
 
 
+@pytest.mark.slow
+def test_training_resumed_in_a_later_epoch_repeats_the_uninterrupted_run(tmp_path):
+    """Killed after checkpoint 25 of 40 steps, in the third epoch (9 steps an epoch): each later epoch's
+    length-grouped order is seeded by the epoch, so the resumed run ends with the same weights."""
+    args = ["pm.train.max_steps=40", "pm.train.save_steps=5", "pm.train.eval_steps=1000"]
+    (tmp_path / "ref").mkdir()
+    cli("train-pm", TINY, *args, cwd=tmp_path / "ref")
+    (tmp_path / "kill").mkdir()
+    proc = cli("train-pm", TINY, *args, cwd=tmp_path / "kill", wait=False)
+    ckpts = tmp_path / "kill" / "runs" / "tiny" / "pm" / "checkpoints"
+    deadline = time.time() + 240
+    while not (ckpts / "checkpoint-25" / "SEALED.json").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "kill" / "runs" / "tiny" / "pm" / "DONE.json").exists()
+    cli("train-pm", TINY, *args, cwd=tmp_path / "kill")
+    metrics = json.loads((tmp_path / "kill" / "runs" / "tiny" / "pm" / "metrics.json").read_text())
+    assert int(metrics["resumed_from"].split("-")[1]) >= 25 and metrics["steps"] == 40
+    same_weights(tmp_path / "ref", tmp_path / "kill")
+
+
 def test_sigterm_stops_training_with_a_checkpoint_and_a_rerun_resumes_from_it(tmp_path):
-    # Within the first epoch (36 steps of 2 pairs): resuming in a later epoch does not repeat the Trainer's
-    # data order exactly (docs/reliability.md).
     args = ["pm.train.max_steps=30", "pm.train.batch_size=2", "pm.train.save_steps=10", "pm.train.eval_steps=1000"]
     (tmp_path / "ref").mkdir()
     cli("train-pm", TINY, *args, cwd=tmp_path / "ref")
