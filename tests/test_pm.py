@@ -85,22 +85,28 @@ def test_finished_stage_is_skipped_and_force_redoes_it(trained):
     assert (trained / "pm" / "DONE.json").stat().st_mtime > mtime
 
 
-def test_killed_training_resumes_from_checkpoint_to_identical_weights(tmp_path):
-    """SIGKILL once two checkpoints exist; the newest is then damaged as a failing disk leaves it (truncated):
-    it is set aside in one line, and training resumes from the one before to the same weights."""
-    args = ["pm.train.max_steps=60", "pm.train.save_steps=4", "pm.train.eval_steps=100"]
-    # Reference: an uninterrupted run.
+def uninterrupted_and_killed(tmp_path, args: list[str], ready) -> Path:
+    """The tiny PM trained whole in ref/, and again in kill/, SIGKILLed once `ready(its checkpoints folder)`;
+    returns that folder."""
     (tmp_path / "ref").mkdir()
     cli("train-pm", TINY, *args, cwd=tmp_path / "ref")
     (tmp_path / "kill").mkdir()
     proc = cli("train-pm", TINY, *args, cwd=tmp_path / "kill", wait=False)
     ckpts = tmp_path / "kill" / "runs" / "tiny" / "pm" / "checkpoints"
     deadline = time.time() + 240
-    while len(list(ckpts.glob("checkpoint-*/SEALED.json"))) < 2 and time.time() < deadline:
+    while not ready(ckpts) and time.time() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "kill" / "runs" / "tiny" / "pm" / "DONE.json").exists()
+    return ckpts
+
+
+def test_killed_training_resumes_from_checkpoint_to_identical_weights(tmp_path):
+    """SIGKILL once two checkpoints exist; the newest is then damaged as a failing disk leaves it (truncated):
+    it is set aside in one line, and training resumes from the one before to the same weights."""
+    args = ["pm.train.max_steps=60", "pm.train.save_steps=4", "pm.train.eval_steps=100"]
+    ckpts = uninterrupted_and_killed(tmp_path, args, lambda c: len(list(c.glob("checkpoint-*/SEALED.json"))) >= 2)
     sealed = sorted((p.parent for p in ckpts.glob("checkpoint-*/SEALED.json")), key=lambda p: int(p.name.split("-")[1]))
     newest, before = sealed[-1], sealed[-2]
     with open(newest / "model.safetensors", "r+b") as f:
@@ -117,17 +123,7 @@ def test_training_resumed_in_a_later_epoch_repeats_the_uninterrupted_run(tmp_pat
     """Killed after checkpoint 25 of 40 steps, in the third epoch (9 steps an epoch): each later epoch's
     length-grouped order is seeded by the epoch, so the resumed run ends with the same weights."""
     args = ["pm.train.max_steps=40", "pm.train.save_steps=5", "pm.train.eval_steps=1000"]
-    (tmp_path / "ref").mkdir()
-    cli("train-pm", TINY, *args, cwd=tmp_path / "ref")
-    (tmp_path / "kill").mkdir()
-    proc = cli("train-pm", TINY, *args, cwd=tmp_path / "kill", wait=False)
-    ckpts = tmp_path / "kill" / "runs" / "tiny" / "pm" / "checkpoints"
-    deadline = time.time() + 240
-    while not (ckpts / "checkpoint-25" / "SEALED.json").exists() and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "kill" / "runs" / "tiny" / "pm" / "DONE.json").exists()
+    uninterrupted_and_killed(tmp_path, args, lambda c: (c / "checkpoint-25" / "SEALED.json").exists())
     cli("train-pm", TINY, *args, cwd=tmp_path / "kill")
     metrics = json.loads((tmp_path / "kill" / "runs" / "tiny" / "pm" / "metrics.json").read_text())
     assert int(metrics["resumed_from"].split("-")[1]) >= 25 and metrics["steps"] == 40
