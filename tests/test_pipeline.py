@@ -253,8 +253,8 @@ def _session_pids(session: int) -> list[int]:
 def test_sigterm_at_random_moments_of_every_checkpointing_stage_then_resume(reference, tmp_path):
     """SIGTERM to the `rlhf-syco run` driver alone (as `scancel --signal=TERM` or Ctrl-C reach it), which passes it
     on to the stage's Ray worker: at a random moment of PM training, the probe, the analysis, evaluation and
-    best-of-N, and in PPO just after its first checkpoint. Each stop is one line and exit 143; `--resume` then
-    finishes the run to the numbers of an uninterrupted one."""
+    best-of-N, in PPO just after its first checkpoint, and at a random moment of GRPO and of RLOO. Each stop is
+    one line and exit 143; `--resume` then finishes the run to the numbers of an uninterrupted one."""
     command = [sys.executable, "-m", "rlhf_syco.cli", "run", str(TINY), *FAST, "name=signalled",
                f"stages=[{','.join(EVERY)}]", f"runs_dir={tmp_path}", "--resume"]
     run_dir = tmp_path / "signalled"
@@ -271,7 +271,8 @@ def test_sigterm_at_random_moments_of_every_checkpointing_stage_then_resume(refe
     ppo_checkpoint = run_dir / "ppo" / "pm" / "checkpoints" / "step-000002" / "SEALED.json"
     stages = ("pm", "probe", "analyze", "eval", "bon")
     moments = [*((lambda stage=stage: running(stage), rng.uniform(0, 1.5)) for stage in stages),
-               (ppo_checkpoint.exists, 0)]
+               (ppo_checkpoint.exists, 0),
+               *((lambda stage=stage: running(stage), rng.uniform(0, 3)) for stage in ("grpo", "rloo"))]
     stops = []
     for ready, delay in moments:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -288,7 +289,7 @@ def test_sigterm_at_random_moments_of_every_checkpointing_stage_then_resume(refe
         assert "Traceback" not in stderr and last.startswith("error: ") and "stopped by SIGTERM" in last, last
         stops.append(last)
     assert re.search(r"ppo: stopped by SIGTERM after step \d, with a checkpoint \(pm/checkpoints/step-00000\d\)",
-                     stops[-1]), stops
+                     stops[len(stages)]), stops
 
     finished = subprocess.run(command, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-3000:]
