@@ -194,6 +194,19 @@ class HFGenerator:
         return decode_reply(self.tokenizer, ids.tolist(), self.stop_ids)
 
 
+def reply_extent(responses: torch.Tensor, stop_ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each sampled reply (a row of `responses`, padded after its stop) ends: (ended: it has a stop token,
+    first_stop: the stop's position or the row's length, mask: 1.0 up to and including the first stop)."""
+    import torch
+
+    length = responses.shape[1]
+    is_stop = torch.isin(responses, torch.as_tensor(stop_ids, device=responses.device))
+    ended = is_stop.any(1)
+    first_stop = torch.where(ended, is_stop.int().argmax(1), length)
+    mask = (torch.arange(length, device=responses.device)[None] <= first_stop[:, None]).float()
+    return ended, first_stop, mask
+
+
 def decode_reply(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
     """A reply's text: its tokens up to the first stop token, special tokens removed."""
     end = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,8 @@ import yaml
 
 from rlhf_syco.config import ExperimentConfig
 from rlhf_syco.group_rl import stage as group_stage
-from test_ppo_trainer import RULE, TESTS, finish, letter_share, one_thread, tiny_config, with_data  # noqa: F401
+from test_ppo_trainer import (RULE, TESTS, finish, letter_share, one_thread, signalled,  # noqa: F401
+                              tiny_config, with_data)
 
 OPTIMIZERS = ["grpo", "rloo"]
 
@@ -213,14 +213,6 @@ def history(run_dir, optimizer) -> list[dict]:
     return [{k: v for k, v in r.items() if "time" not in k and "per_second" not in k} for r in rows]
 
 
-def signalled(process, config, optimizer, signum: int, after_steps: int) -> str:
-    log = config.run_dir / optimizer / "rule" / "log_history.jsonl"
-    while process.poll() is None and (not log.exists() or len(log.read_text().splitlines()) < after_steps):
-        time.sleep(0.02)
-    process.send_signal(signum)
-    return process.communicate(timeout=120)[0]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_killed_damaged_and_signalled_runs_resume_to_the_numbers_of_an_uninterrupted_one(tmp_path, optimizer):
@@ -238,7 +230,8 @@ def test_killed_damaged_and_signalled_runs_resume_to_the_numbers_of_an_uninterru
 
     killed = config_for(tmp_path, optimizer, "killed", **options)
     shutil.copytree(whole.run_dir / "data", killed.run_dir / "data")
-    signalled(stage_process(killed, optimizer, tmp_path), killed, optimizer, signal.SIGKILL, after_steps=5)
+    log = f"{optimizer}/rule/log_history.jsonl"
+    signalled(stage_process(killed, optimizer, tmp_path), killed, signal.SIGKILL, 5, log)
     checkpoints = killed.run_dir / optimizer / "rule" / "checkpoints"
     newest = max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert int(newest.name.split("-")[1]) < 12, "the run finished before it could be killed"
@@ -253,7 +246,7 @@ def test_killed_damaged_and_signalled_runs_resume_to_the_numbers_of_an_uninterru
     stopped = config_for(tmp_path, optimizer, "stopped", **options)
     shutil.copytree(whole.run_dir / "data", stopped.run_dir / "data")
     process = stage_process(stopped, optimizer, tmp_path)
-    output = signalled(process, stopped, optimizer, signal.SIGTERM, after_steps=3)
+    output = signalled(process, stopped, signal.SIGTERM, 3, log)
     assert process.returncode == 143, output[-3000:]
     step = int(output.split(f"{optimizer}: stopped by SIGTERM after step ")[1].split(",")[0])
     assert step < 12 and f"with a checkpoint (checkpoint-{step})" in output

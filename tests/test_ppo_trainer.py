@@ -345,9 +345,10 @@ def uninterrupted_and_second(tmp_path, second: str, **options):
     return whole, other
 
 
-def signalled(process: subprocess.Popen, config, signum: int, after_steps: int) -> str:
-    """Send `signum` once the run has logged `after_steps` steps; its output."""
-    metrics = config.run_dir / "ppo" / "rule" / "metrics.jsonl"
+def signalled(process: subprocess.Popen, config, signum: int, after_steps: int,
+              log: str = "ppo/rule/metrics.jsonl") -> str:
+    """Send `signum` once the run has logged `after_steps` steps (lines of `log` in its run folder); its output."""
+    metrics = config.run_dir / log
     while process.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < after_steps):
         time.sleep(0.02)
     process.send_signal(signum)

@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 
 from rlhf_syco import training
 from rlhf_syco.evaluation.rl import SycophancyEvaluation, rl_prompts
-from rlhf_syco.generation import encode_prompts, render_prompts, sample_tokens
+from rlhf_syco.generation import encode_prompts, render_prompts, reply_extent, sample_tokens
 from rlhf_syco.rundir import RunDir, atomic_path, read_json, write_json, write_jsonl
 
 
@@ -187,11 +187,7 @@ class TrainedPolicy:
             responses = sample_tokens(policy, batches, max_new_tokens=self.generation.max_new_tokens,
                                       stop_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id,
                                       temperature=temperature, top_p=1.0, seed=seed, seed_per_batch=False)
-            is_stop = responses == tok.eos_token_id
-            ended = is_stop.any(1)
-            length = responses.shape[1]
-            first_stop = torch.where(ended, is_stop.int().argmax(1), length)
-            reply_mask = (torch.arange(length, device=device)[None] <= first_stop[:, None]).float()
+            _, first_stop, reply_mask = reply_extent(responses, [tok.eos_token_id])
             logprobs = reply_logprobs(policy, ids, mask, responses, reply_mask, temperature, size)
         ref_logprobs = reply_logprobs(self.reference(), ids, mask, responses, reply_mask, temperature, size)
         replies = [tok.decode(row[:int(n)], skip_special_tokens=True)

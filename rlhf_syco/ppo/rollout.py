@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from rlhf_syco.generation import encode_prompts, render_prompts, sample_tokens
+from rlhf_syco.generation import encode_prompts, render_prompts, reply_extent, sample_tokens
 from rlhf_syco.ppo import core
 from rlhf_syco.ppo.model import forward
 
@@ -63,10 +63,7 @@ def rollout(trainer: PPOTrainer, conversations: list, seed: int) -> Rollout:
                                   stop_ids=trainer.stop_ids.tolist(), pad_token_id=tok.pad_token_id,
                                   temperature=trainer.temperature, top_p=1.0, seed=seed, seed_per_batch=False)
     length = responses.shape[1]
-    is_stop = torch.isin(responses, trainer.stop_ids.to(device))
-    ended = is_stop.any(1)
-    first_stop = torch.where(ended, is_stop.int().argmax(1), length)
-    mask = (torch.arange(length, device=device)[None] <= first_stop[:, None]).float()
+    ended, first_stop, mask = reply_extent(responses, trainer.stop_ids.to(device))
     input_ids = torch.cat([query_ids, responses], 1)
     attention_mask = torch.cat([query_mask, mask.long()], 1)
 
