@@ -3,7 +3,6 @@ evaluation reports, the stages' arms, evaluations and tables, and exact resume a
 checkpoint or SIGTERM."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -19,7 +18,8 @@ import yaml
 
 from rlhf_syco.config import ExperimentConfig
 from rlhf_syco.group_rl import stage as group_stage
-from test_ppo_trainer import (RULE, TESTS, finish, letter_share, one_thread, signalled,  # noqa: F401
+import test_ppo_trainer as ppo_test
+from test_ppo_trainer import (RULE, finish, letter_share, one_thread, signalled,  # noqa: F401
                               tiny_config, with_data)
 
 OPTIMIZERS = ["grpo", "rloo"]
@@ -196,14 +196,7 @@ RUN_STAGE = textwrap.dedent("""
 
 
 def stage_process(config, optimizer, tmp_path, launcher=()) -> subprocess.Popen:
-    path = tmp_path / f"{config.name}.yaml"
-    path.write_text(yaml.safe_dump(config.dump()))
-    script = tmp_path / "run_group_stage.py"
-    script.write_text(RUN_STAGE)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "RLHF_SYCO_NO_PROGRESS": "1"}
-    return subprocess.Popen([*(launcher or [sys.executable]), str(script), str(path), optimizer], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return ppo_test.stage_process(config, tmp_path, launcher, runner=RUN_STAGE, args=[optimizer])
 
 
 def history(run_dir, optimizer) -> list[dict]:

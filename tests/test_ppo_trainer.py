@@ -304,14 +304,15 @@ RUN_STAGE = textwrap.dedent("""
 """)
 
 
-def stage_process(config, tmp_path, launcher=()) -> subprocess.Popen:
+def stage_process(config, tmp_path, launcher=(), runner: str = RUN_STAGE, args=()) -> subprocess.Popen:
+    """`runner` (a script run with the config's YAML and `args`) in a session of its own."""
     path = tmp_path / f"{config.name}.yaml"
     path.write_text(yaml.safe_dump(config.dump()))
     script = tmp_path / "run_stage.py"
-    script.write_text(RUN_STAGE)
+    script.write_text(runner)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "RLHF_SYCO_NO_PROGRESS": "1"}
-    command = [*launcher, str(script), str(path)] if launcher else [sys.executable, str(script), str(path)]
+    command = [*(launcher or [sys.executable]), str(script), str(path), *args]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
