@@ -15,8 +15,9 @@ labelled `beta=0.95`); a sweep folder stands for all of its points. Within a gro
   excludes 0 on the same side (with 2 seeds the pooled CI's coverage falls short when the seeds disagree:
   docs/results.md);
 - `pm_learned.csv`: per group and bias family, what the PM learned: its accuracy on fresh pairs of the
-  labeler against the labeler's ceiling (`results/pm_bias.json`), and how often each reward model prefers the
-  sycophantic reply on evaluation-half items in held-out phrasings (`results/probe_pm.json`), pooled over seeds;
+  labeler against the labeler's ceiling (`results/pm_bias.json`) and whether it is within 0.05 of it, and how
+  often each reward model prefers the sycophantic reply on evaluation-half items in held-out phrasings
+  (`results/probe_pm.json`), pooled over seeds;
 - `gold_fits.csv`: every run's Gao et al. fits (`overoptimization.py`), not pooled;
 - `runs.csv`: each run, its group and seed;
 - the figures (`bon_vs_n.png`, `bon_paired_vs_n.png`, `<opt>_vs_step.png`, `<opt>_vs_kl.png`,
@@ -275,9 +276,15 @@ def findings(pooled_tables: dict[str, pd.DataFrame], run_tables: dict[str, pd.Da
     return pd.DataFrame(rows, columns=FINDING_COLUMNS)
 
 
+# A PM has learned a family when its pooled accuracy on fresh labeler pairs is this close to the ceiling: below it,
+# a best-of-N or RL finding on the family's type says little about the labeler's bias.
+LEARNED_WITHIN = 0.05
+
+
 def pm_learned(runs: pd.DataFrame) -> pd.DataFrame:
     """Per group, family and measure (`accuracy` on fresh labeler pairs, `prefers sycophantic: <reward model>`
-    in the probe), pooled over seeds; `ceiling` = max(beta, 1 - beta) for the accuracy."""
+    in the probe), pooled over seeds; `ceiling` = max(beta, 1 - beta) for the accuracy, and `learned` whether
+    the accuracy is within LEARNED_WITHIN of it."""
     rows = []
     for run in runs.itertuples():
         results = Path(run.run) / "results"
@@ -292,8 +299,13 @@ def pm_learned(runs: pd.DataFrame) -> pd.DataFrame:
                                  "value": f["sycophantic_preference_rate"], "ci_low": f["ci_low"],
                                  "ci_high": f["ci_high"], "ceiling": math.nan})
     if not rows:
-        return pd.DataFrame(columns=["group", "family", "measure", "value", "ci_low", "ci_high", "runs", "ceiling"])
-    return pooled(pd.DataFrame(rows), ["family", "measure"], mean_of=("ceiling",))
+        return pd.DataFrame(columns=["group", "family", "measure", "value", "ci_low", "ci_high", "runs", "ceiling",
+                                     "learned"])
+    table = pooled(pd.DataFrame(rows), ["family", "measure"], mean_of=("ceiling",))
+    accuracy = table["measure"] == "accuracy"
+    table["learned"] = np.where(accuracy, np.where(table["value"] >= table["ceiling"] - LEARNED_WITHIN, "yes", "no"),
+                                "")
+    return table
 
 
 def intervention_data(runs: pd.DataFrame) -> pd.DataFrame:
@@ -336,12 +348,15 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fit
     if not learned.empty:
         lines += ["", "## What the PM learned", "",
                   "Accuracy: the PM's agreement with the simulated labeler on fresh pairs of each bias family (training "
-                  "phrasings, PM-half items), against the labeler's ceiling max(beta, 1 - beta). Prefers sycophantic: "
+                  "phrasings, PM-half items), against the labeler's ceiling max(beta, 1 - beta); learned: within "
+                  f"{LEARNED_WITHIN} of it. Prefers sycophantic: "
                   "how often a reward model scores the sycophantic reply above the other one on evaluation-half items "
                   "in held-out phrasings (the probe; docs/bias.md).", "",
-                  "| group | family | measure | value [95% CI] | ceiling | runs |", "|---|---|---|---|---|---|"]
+                  "| group | family | measure | value [95% CI] | ceiling | learned | runs |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {r.group} | {r.family} | {r.measure} | {_interval(r.value, r.ci_low, r.ci_high)} | "
-                  f"{'' if math.isnan(r.ceiling) else f'{r.ceiling:.2f}'} | {r.runs} |" for r in learned.itertuples()]
+                  f"{'' if math.isnan(r.ceiling) else f'{r.ceiling:.2f}'} | {r.learned} | {r.runs} |"
+                  for r in learned.itertuples()]
     if intervention is not None:
         lines += ["", "## Interventions", "",
                   "Each task's headline for the policy before and after the intervention (answers read from the "

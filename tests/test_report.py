@@ -184,3 +184,29 @@ def test_runs_with_more_than_one_optimizer_get_the_comparison_and_the_rl_finding
     assert [row["value"], row["ci_low"], row["ci_high"]] == \
         pytest.approx(hand_pool([0.30, 0.10], [0.10, 0.02], [0.50, 0.18]))
     assert "GRPO" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_what_the_pm_learned_is_pooled_and_judged_against_the_ceiling(tmp_path):
+    """Two seeds at beta = 0.95: the accuracies pool as any value does, and a family counts as learned when the
+    pooled accuracy is within 0.05 of max(beta, 1 - beta): 0.93 is, 0.60 is not."""
+    runs = []
+    for seed, (answer, feedback) in enumerate([(0.94, 0.58), (0.92, 0.62)]):
+        run = fake_run(tmp_path / f"s{seed}", 0.95, seed, [(1, 0.0, -0.1, 0.1), (32, 0.1, 0.0, 0.2)])
+        bias = {family: {"beta": 0.95, "n": 200, "accuracy": acc, "ci_low": acc - 0.04, "ci_high": acc + 0.03,
+                         "ceiling": 0.95} for family, acc in (("answer", answer), ("feedback", feedback))}
+        (run / "results" / "pm_bias.json").write_text(json.dumps(bias))
+        probe = {"pm": {"families": {"answer": {"sycophantic_preference_rate": 0.9, "ci_low": 0.8, "ci_high": 1.0}}}}
+        (run / "results" / "probe_pm.json").write_text(json.dumps(probe))
+        runs.append(run)
+    build(runs, tmp_path / "report")
+    learned = pd.read_csv(tmp_path / "report" / "pm_learned.csv", keep_default_na=False).set_index(["family", "measure"])
+    for family, accs in (("answer", [0.94, 0.92]), ("feedback", [0.58, 0.62])):
+        row = learned.loc[(family, "accuracy")]
+        mean, lo, hi = hand_pool(accs, [a - 0.04 for a in accs], [a + 0.03 for a in accs])
+        assert [row["value"], row["ci_low"], row["ci_high"]] == pytest.approx([mean, lo, hi])
+        assert row["learned"] == ("yes" if mean >= 0.95 - 0.05 else "no")
+    assert learned.loc[("answer", "accuracy"), "learned"] == "yes"
+    assert learned.loc[("feedback", "accuracy"), "learned"] == "no"
+    assert learned.loc[("answer", "prefers sycophantic: pm"), "learned"] == ""  # no ceiling for the probe
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| all | feedback | accuracy | +0.600 [" in text and "| 0.95 | no | 2 |" in text  # seeds only: one group
