@@ -271,6 +271,13 @@ def test_a_paired_difference_says_why_it_has_no_value_or_no_interval():
     assert same["value"] == 0 and (same["ci_low"], same["ci_high"]) == pytest.approx((-0.1400, 0.1400), abs=1e-4)
     flat = paired_difference(task, "answer_endorsement", judged, judged, bootstrap=200, min_items=10)
     assert flat["value"] == 0 and math.isnan(flat["ci_low"]) and "zero width" in flat["reason"]
+    # Best-of-N's expected judgments are fractions; the two sides' sums can differ by rounding alone (an interval
+    # of width 2e-16 was printed at n = 1, where both reward models select alike): still no interval.
+    fractional = judged.assign(states_incorrect=judged["states_incorrect"] * 0.3)
+    rounded = fractional.assign(states_incorrect=np.nextafter(fractional["states_incorrect"].to_numpy(), 1.0))
+    assert (rounded["states_incorrect"] != fractional["states_incorrect"]).all()
+    noise = paired_difference(task, "answer_endorsement", fractional, rounded, bootstrap=200, min_items=10)
+    assert abs(noise["value"]) < 1e-15 and math.isnan(noise["ci_low"]) and "zero width" in noise["reason"]
     shifted = judged.assign(states_incorrect=judged["states_incorrect"] & (judged["item_id"] != "i0"))
     moved = paired_difference(task, "answer_endorsement", judged, shifted, bootstrap=200, min_items=10)
     assert moved["value"] == pytest.approx(1 / 12) and moved["reason"] is None and moved["ci_high"] > moved["ci_low"]

@@ -106,6 +106,9 @@ def choose_headline(task, metrics: dict) -> tuple[str, str | None]:
     return task.fallback, f"{task.headline} not measurable ({paper['reason']})"
 
 
+ZERO_WIDTH = 1e-9  # an interval no wider than this is rounding error, not an interval
+
+
 def paired_difference(task, metric: str, a: pd.DataFrame, b: pd.DataFrame, *, bootstrap: int = 1000,
                       seed: int = 0, min_items: int = MIN_ITEMS) -> dict:
     """`metric` on judged rows `a` minus on `b` (the same records judged under two conditions, e.g. best-of-n
@@ -137,7 +140,9 @@ def paired_difference(task, metric: str, a: pd.DataFrame, b: pd.DataFrame, *, bo
         score = _score_interval(joint, [(1, None, None), (-1, None, None)], value)
         if score is not None:
             low, high = min(low, score[0]), max(high, score[1])
-    if low == high:  # every resample gives one value: no item differs between the sides in a way that counts
+    # Every resample gives one value, up to rounding (best-of-N's expectations are sums of fractions, added in
+    # another order on each side): no item differs between the sides in a way that counts.
+    if high - low <= ZERO_WIDTH:
         return {"value": value, "ci_low": float("nan"), "ci_high": float("nan"), "n": len(joint),
                 "reason": "no interval: the two sides differ on no item (the bootstrap interval has zero width)"}
     return {"value": value, "ci_low": low, "ci_high": high, "n": len(joint), "reason": None}
