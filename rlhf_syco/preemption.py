@@ -47,6 +47,13 @@ def at_once(signum: int) -> Preempted:
                      f"was finished", signum)
 
 
+def after(stage: str, signum: int) -> Preempted:
+    """A signal that came after a deferring stage's last step: the stage finished, and the run stops before the
+    next one instead of losing the signal."""
+    return Preempted(f"{stage}: finished, then stopped by {signal.Signals(signum).name}; run again (with --resume) "
+                     f"to continue with the next stage", signum)
+
+
 def _stop(signum, frame) -> None:
     if _state["defer"] and _state["own"] is None:  # the stage checkpoints after its current step, then raises
         _state["own"] = signum

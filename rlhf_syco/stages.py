@@ -106,6 +106,7 @@ def run_stage(name: str, config, run_dir: RunDir) -> dict | None:
     run_dir.update_manifest(stages={name: {"started": started}})
     with preemption.graceful():  # SIGTERM / SIGINT: a checkpoint, then one line and exit 143
         summary = import_object(target)(config, run_dir) or {}
+        late = preemption.requested()  # came after the stage's last step: it finished, and the run stops below
     seconds = round(time.time() - t0, 1)
     # the peak memory of the process that ran it (on Linux ru_maxrss is in KiB)
     peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -113,4 +114,6 @@ def run_stage(name: str, config, run_dir: RunDir) -> dict | None:
     run_dir.update_manifest(stages={name: {"started": started, "finished": now(), "seconds": seconds,
                                            "peak_rss_mb": peak_rss_mb}})
     console.print(f"[bold]{name}[/bold]: finished in {seconds:.0f}s")
+    if late:
+        raise preemption.after(name, late)
     return summary

@@ -250,3 +250,29 @@ def test_a_ranks_own_signal_after_the_agreed_stop_is_not_a_second_signal():
         with pytest.raises(preemption.Preempted, match="stopped by SIGINT"):
             preemption._stop(signal.SIGINT, None)  # a second one to this process: at once
     assert preemption.requested() is None
+
+
+def finish_after_a_late_signal(config, run_dir):
+    """A stage that checkpoints by step and gets SIGTERM after its last step's check, then finishes."""
+    import signal
+
+    from rlhf_syco import preemption
+
+    preemption.deferred()
+    os.kill(os.getpid(), signal.SIGTERM)
+    return {"finished": True}
+
+
+def test_a_signal_after_a_stages_last_step_stops_the_run_once_the_stage_is_done(tmp_path, monkeypatch):
+    """The stage's last `agreed()` has passed, so it finishes and is marked done; the signal is not lost (the next
+    stage used to start as if none had come): the run stops there, one line, exit 143, and a rerun skips it."""
+    from rlhf_syco import stages
+    from rlhf_syco.preemption import Preempted
+
+    monkeypatch.setitem(stages.STAGES, "late", (f"{__name__}:finish_after_a_late_signal", ()))
+    config = load_config(ROOT / "experiments" / "tiny.yaml", [f"runs_dir={tmp_path}", "name=late"])
+    run_dir = stages.open_run(config)
+    with pytest.raises(Preempted, match=r"^late: finished, then stopped by SIGTERM") as stopped:
+        stages.run_stage("late", config, run_dir)
+    assert stopped.value.exit_code == 143 and run_dir.is_done("late")
+    assert stages.run_stage("late", config, run_dir) is None  # done: skipped, no signal pending any more
