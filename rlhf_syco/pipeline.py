@@ -152,7 +152,7 @@ def _get_passing_on_signals(task):
 
     with preemption.handled_by(pass_on):
         try:
-            return ray.get(task)
+            result = ray.get(task)
         except Exception as e:
             if not received:
                 raise
@@ -160,6 +160,9 @@ def _get_passing_on_signals(task):
             if isinstance(cause, preemption.Preempted):
                 raise cause.caused_by(received[0]) from None
             raise preemption.at_once(received[0]) from None
+    if received:  # the signal came as the task finished: its stage is done, and the run stops before the next
+        raise preemption.at_once(received[0])
+    return result
 
 
 def enter_worker(config, cwd: str) -> None:
