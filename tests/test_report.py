@@ -199,7 +199,8 @@ def test_what_the_pm_learned_is_pooled_and_judged_against_the_ceiling(tmp_path):
         (run / "results" / "probe_pm.json").write_text(json.dumps(probe))
         runs.append(run)
     build(runs, tmp_path / "report")
-    learned = pd.read_csv(tmp_path / "report" / "pm_learned.csv", keep_default_na=False).set_index(["family", "measure"])
+    learned = pd.read_csv(tmp_path / "report" / "pm_learned.csv", keep_default_na=False)
+    learned = learned.set_index(["family", "measure"])
     for family, accs in (("answer", [0.94, 0.92]), ("feedback", [0.58, 0.62])):
         row = learned.loc[(family, "accuracy")]
         mean, lo, hi = hand_pool(accs, [a - 0.04 for a in accs], [a + 0.03 for a in accs])
