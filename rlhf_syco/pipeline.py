@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 from rich.markup import escape
@@ -165,6 +166,13 @@ def _get_passing_on_signals(task):
     return result
 
 
+def _quiet_about_stops(unraisable) -> None:
+    """Ray's cancel interrupts the worker wherever it is, at times inside a library's `__del__`, where Python can
+    only print the interrupt with a traceback: the stop is reported once, by the stage, so that print is dropped."""
+    if not isinstance(unraisable.exc_value, (KeyboardInterrupt, preemption.Preempted)):
+        sys.__unraisablehook__(unraisable)
+
+
 def enter_worker(config, cwd: str) -> None:
     """Set up a Ray worker process (a stage task, a training rank, an actor) like the driver: its working
     folder, so relative paths in the config resolve the same, and `compute.torch_threads`, or one torch thread
@@ -173,6 +181,7 @@ def enter_worker(config, cwd: str) -> None:
     import torch
 
     os.chdir(cwd)
+    sys.unraisablehook = _quiet_about_stops
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(config.compute.torch_threads or max(1, int(cpus)))
 

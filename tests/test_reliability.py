@@ -276,3 +276,20 @@ def test_a_signal_after_a_stages_last_step_stops_the_run_once_the_stage_is_done(
         stages.run_stage("late", config, run_dir)
     assert stopped.value.exit_code == 143 and run_dir.is_done("late")
     assert stages.run_stage("late", config, run_dir) is None  # done: skipped, no signal pending any more
+
+
+def test_a_stage_workers_interrupt_inside_a_destructor_is_not_printed(monkeypatch):
+    """Ray's cancel can land inside a library's `__del__`, where Python prints the interrupt as an ignored
+    exception with a traceback; a stage worker drops that print (the stage reports the stop once) and prints any
+    other ignored exception as before."""
+    from types import SimpleNamespace
+
+    from rlhf_syco.pipeline import _quiet_about_stops
+    from rlhf_syco.preemption import at_once
+
+    printed = []
+    monkeypatch.setattr(sys, "__unraisablehook__", printed.append)
+    for exc in (KeyboardInterrupt(), at_once(15), ValueError("a real bug")):
+        _quiet_about_stops(SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None, err_msg=None,
+                                           object=None))
+    assert [type(u.exc_value) for u in printed] == [ValueError]
