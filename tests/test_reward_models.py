@@ -183,6 +183,23 @@ def test_hf_batched_scores_equal_one_at_a_time_and_keep_order(tiny_pms, flavour)
     assert lengths == sorted(lengths, reverse=True) and lengths != [len(pm.tokenizer(t)["input_ids"]) for t in texts]
 
 
+@pytest.mark.parametrize("flavour", ["chat", "plain"])
+def test_hf_bfloat16_body_keeps_a_float32_head_so_scores_are_not_rounded(tiny_pms, flavour):
+    import torch
+
+    full = build({"type": "hf", "path": str(tiny_pms / flavour)})
+    half = build({"type": "hf", "path": str(tiny_pms / flavour), "dtype": "bfloat16"})
+
+    scores, expected = half.score(CONVERSATIONS, RESPONSES), full.score(CONVERSATIONS, RESPONSES)
+
+    assert half.model.score.weight.dtype == torch.float32
+    assert {p.dtype for name, p in half.model.named_parameters() if not name.startswith("score.")} == {torch.bfloat16}
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=0.05 * np.ptp(expected))
+    # A score computed in bfloat16 is one of bfloat16's values (8 significant bits); the float32 head's is not.
+    rounded = torch.tensor(scores).to(torch.bfloat16).double().numpy()
+    assert (rounded != scores).all()
+
+
 def test_hf_shortens_long_contexts_in_the_middle_and_counts_them(tiny_pms):
     pm = build({"type": "hf", "path": str(tiny_pms / "chat"), "max_length": 16})
     long_question = [{"role": "user", "content": " ".join(CORPUS)}]
