@@ -251,11 +251,21 @@ def _panel(ax, panel: pd.DataFrame, eval_type: str, x: str, x_label: str, series
         ax.set_title(eval_type, fontsize=10)
         ax.text(0.5, 0.5, reason, ha="center", va="center", transform=ax.transAxes, fontsize=8, wrap=True)
         return
-    groups = panel.groupby(series, sort=True) if series else [(None, panel)]
-    for name, line in groups:
-        line = line.sort_values(x)
-        ax.plot(line[x], line["value"], marker="o", markersize=3, label=name)
-        ax.fill_between(line[x], line["ci_low"], line["ci_high"], alpha=0.2)
+    lines = [(name, line.sort_values(x)) for name, line in (panel.groupby(series, sort=True) if series
+                                                              else [(None, panel)])]
+    single = all(len(line) == 1 for _, line in lines)
+    for index, (name, line) in enumerate(lines):
+        if not single:
+            ax.plot(line[x], line["value"], marker="o", markersize=3, label=name)
+            ax.fill_between(line[x], line["ci_low"], line["ci_high"], alpha=0.2)
+            continue
+        # A band needs two points: one value per series gets an error bar, each series a little apart from the
+        # others so that equal values do not hide one another.
+        shift = (index - (len(lines) - 1) / 2) * 0.1
+        xs = line[x] * 2 ** shift if log2_x else line[x] + shift
+        below = (line["value"] - line["ci_low"]).clip(lower=0)
+        above = (line["ci_high"] - line["value"]).clip(lower=0)
+        ax.errorbar(xs, line["value"], yerr=[below, above], fmt="o", markersize=4, capsize=3, label=name)
     metric = panel["metric"].iloc[0]
     if difference:
         ax.axhline(0, color="grey", linewidth=0.8)

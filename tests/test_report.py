@@ -211,3 +211,28 @@ def test_what_the_pm_learned_is_pooled_and_judged_against_the_ceiling(tmp_path):
     assert learned.loc[("answer", "prefers sycophantic: pm"), "learned"] == ""  # no ceiling for the probe
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| all | feedback | accuracy | +0.600 [" in text and "| 0.95 | no | 2 |" in text  # seeds only: one group
+
+
+def test_a_figure_with_one_value_per_line_draws_each_ci_as_an_error_bar_and_hides_none():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from rlhf_syco.plots import _panel
+
+    # PPO's paired difference has one step (the last): a band over one point draws nothing. Two groups share a value.
+    rows = pd.DataFrame({"group": ["beta=0.5", "beta=0.95"], "step": [4, 4], "value": [0.05, 0.05],
+                         "ci_low": [-0.2, -0.1], "ci_high": [0.3, 0.2], "metric": "mimicry_rate"})
+    fig, ax = plt.subplots()
+    _panel(ax, rows, "mimicry", "step", "PPO step", "group", log2_x=False, difference=True)
+
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [c.get_label() for c in bars] == ["beta=0.5", "beta=0.95"]
+    xs = [c.lines[0].get_xdata()[0] for c in bars]
+    assert xs[0] < 4 < xs[1] and xs[1] - xs[0] < 0.5  # apart, still at step 4
+    for bar, (low, high) in zip(bars, [(-0.2, 0.3), (-0.1, 0.2)]):
+        segment = bar.lines[2][0].get_segments()[0]
+        assert [segment[0][1], segment[1][1]] == pytest.approx([low, high])
+    plt.close(fig)
