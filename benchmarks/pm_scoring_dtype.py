@@ -22,15 +22,16 @@ import numpy as np
 
 def pool(run: Path, shards: int) -> dict[str, dict]:
     """{type: {"conversations", "responses", "rows", "n"}}: the first `shards` shards of each type's pool, as
-    `score_pool` flattens them (one row per sample; a prefilled reply is scored with its prefill)."""
+    `score_pool` scores them (`pool_texts`)."""
+    from rlhf_syco.bon.pool import pool_texts
+
     out = {}
     for folder in sorted((run / "bon" / "pool").iterdir()):
         records = [json.loads(line) for path in sorted(folder.glob("shard-*.jsonl"))[:shards]
                    for line in path.read_text().splitlines()]
-        n = len(records[0]["samples"])
-        out[folder.name] = {"conversations": [r["conversation"] for r in records for _ in range(n)],
-                            "responses": [(r["prefill"] or "") + s for r in records for s in r["samples"]],
-                            "rows": len(records), "n": n}
+        conversations, responses = pool_texts(records, [r["samples"] for r in records])
+        out[folder.name] = {"conversations": conversations, "responses": responses, "rows": len(records),
+                            "n": len(records[0]["samples"])}
     return out
 
 
@@ -49,20 +50,15 @@ def reward_model(run: Path, name: str, dtype: str):
     return build_all({k: with_dtype(v) for k, v in specs.items()}, {"run_dir": str(run), "device": "cpu"})[name]
 
 
-def judged_best(run: Path, kind: str, scores: np.ndarray) -> dict[str, float]:
-    """Best-of-N at n = N of each numeric judged column, for the prompts in `scores` (rows, N)."""
+def judged(run: Path, kind: str, rows: int, n: int) -> tuple[list[str], np.ndarray]:
+    """(the numeric judged columns, their values (rows, n, columns)) for the first `rows` prompts of the pool."""
     import pandas as pd
 
-    from rlhf_syco.bon.estimator import best_of_n
-
-    rows, n = scores.shape
-    judged = pd.read_parquet(run / "bon" / "judged" / f"{kind}.parquet").sort_values(["record", "sample"])
-    judged = judged[judged["record"] < rows]
-    columns = [c for c in judged.columns if c not in ("record", "sample")
-               and (pd.api.types.is_bool_dtype(judged[c]) or pd.api.types.is_float_dtype(judged[c]))]
-    values = judged[columns].to_numpy(dtype=float).reshape(rows, n, len(columns))
-    best = best_of_n(scores, values, [n])[0]  # (rows, columns)
-    return {c: float(np.nanmean(best[:, j])) for j, c in enumerate(columns)}
+    table = pd.read_parquet(run / "bon" / "judged" / f"{kind}.parquet").sort_values(["record", "sample"])
+    table = table[table["record"] < rows]
+    columns = [c for c in table.columns if c not in ("record", "sample")
+               and (pd.api.types.is_bool_dtype(table[c]) or pd.api.types.is_float_dtype(table[c]))]
+    return columns, table[columns].to_numpy(dtype=float).reshape(rows, n, len(columns))
 
 
 def top_ties(scores: np.ndarray, responses: list[str]) -> int:
@@ -75,6 +71,8 @@ def top_ties(scores: np.ndarray, responses: list[str]) -> int:
 def main() -> None:
     from scipy.stats import spearmanr
 
+    from rlhf_syco.bon.estimator import best_of_n
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a finished run folder with pm/model and a best-of-N pool")
     parser.add_argument("--shards", type=int, default=2, help="shards of each type's pool (16 prompts each)")
@@ -82,9 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     inputs = pool(args.run, args.shards)
     scores, seconds = {}, {}
+    first = next(iter(inputs.values()))
     for dtype in ("float32", "bfloat16"):
         model = reward_model(args.run, args.reward_model, dtype)
-        first = next(iter(inputs.values()))
         model.score(first["conversations"][:8], first["responses"][:8])  # loads the weights: not timed
         start = time.perf_counter()
         scores[dtype] = {kind: model.score(x["conversations"], x["responses"]).reshape(x["rows"], x["n"])
@@ -103,10 +101,11 @@ def main() -> None:
               f"max |diff| {np.abs(full - half).max():.3f} (scores sd {full.std():.2f}); same top sample "
               f"{same_top:.2f} of {len(full)} prompts; top score tied between different replies: "
               f"float32 {ties['float32']}, bfloat16 {ties['bfloat16']}")
-        best = {d: judged_best(args.run, kind, s[kind]) for d, s in scores.items()}
-        for column in best["float32"]:
-            print(f"    best-of-{full.shape[1]} {column}: float32 {best['float32'][column]:.3f}, "
-                  f"bfloat16 {best['bfloat16'][column]:.3f}")
+        columns, values = judged(args.run, kind, *full.shape)
+        best = {d: np.nanmean(best_of_n(s[kind], values, [full.shape[1]])[0], axis=0) for d, s in scores.items()}
+        for j, column in enumerate(columns):
+            print(f"    best-of-{full.shape[1]} {column}: float32 {best['float32'][j]:.3f}, "
+                  f"bfloat16 {best['bfloat16'][j]:.3f}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ def from_sweep(folder: Path) -> None:
     for started, name, seconds in sorted(rows):
         shown = "  ".join(f"{k} {v:.0f} s" if v is not None else f"{k} running" for k, v in seconds.items())
         print(f"{name:24s} {shown}")
+    total = sum(v or 0 for *_, seconds in rows for v in seconds.values())
+    print(f"all stages of all points: {total / 60:.1f} min")
 
 
 def main() -> None:

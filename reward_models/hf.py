@@ -146,7 +146,7 @@ class HFOptions(Options):
     # model_max_length), else 512. Scoring with another length than training would change the scores.
     max_length: int | None = Field(None, gt=0)
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    # The body's dtype; the scalar head stays float32 (`_head_in_float32`). bfloat16 scores about 4 times as
+    # The body's dtype; the scalar head stays float32 (`_head_in_float32`). bfloat16 scores about 3 times as
     # fast on a CPU with AMX (`benchmarks/pm_scoring_dtype.py`).
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 

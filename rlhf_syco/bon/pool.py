@@ -204,9 +204,7 @@ def score_pool(config: ExperimentConfig, run_dir: RunDir, out: Path, pools) -> t
 
     def batches(name, task_name, index):
         shard = pools[task_name][index]
-        conversations = [p["conversation"] for p in shard["prompts"] for _ in range(config.bon.n_max)]
-        responses = [(p["prefill"] or "") + s for p, samples in zip(shard["prompts"], shard["samples"])
-                     for s in samples]
+        conversations, responses = pool_texts(shard["prompts"], shard["samples"])
         size = config.bon.score_batch_size
         return name, [(conversations[i:i + size], responses[i:i + size]) for i in range(0, len(responses), size)]
 
@@ -230,6 +228,14 @@ def score_pool(config: ExperimentConfig, run_dir: RunDir, out: Path, pools) -> t
                     context.setdefault(name, {}).setdefault(k, 0)
                     context[name][k] += v
     return scores, context
+
+
+def pool_texts(prompts: list[dict], samples: list[list[str]]) -> tuple[list, list[str]]:
+    """(conversations, responses) as a reward model scores a shard: one row per sample, in pool order, a
+    prefilled reply with its prefill."""
+    conversations = [p["conversation"] for p, mine in zip(prompts, samples) for _ in mine]
+    responses = [(p["prefill"] or "") + s for p, mine in zip(prompts, samples) for s in mine]
+    return conversations, responses
 
 
 def _score(models: dict, work: tuple[str, list]) -> tuple[np.ndarray, dict]:
