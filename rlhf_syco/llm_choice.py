@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -21,9 +22,13 @@ from rlhf_syco.errors import ServiceError, UserError
 
 
 class HFChooser:
-    """Prompts are left-padded in batches with explicit position ids, so batching does not change the answer."""
+    """Prompts are left-padded in batches with explicit position ids, so batching does not change the answer.
+    The tokens every prompt starts with (a chat template's system turn, k-shot examples, a judge's rubric) are
+    run once and their KV cache copied into each batch (`share_prefix`): with three in-context examples that is
+    most of every prompt."""
 
-    def __init__(self, model: str, device: str = "cpu", batch_size: int = 8, dtype: str = "auto"):
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 8, dtype: str = "auto",
+                 share_prefix: bool = True):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -31,6 +36,7 @@ class HFChooser:
         self.name = f"hf:{model}"
         self.device = device
         self.batch_size = batch_size
+        self.share_prefix = share_prefix
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -62,19 +68,50 @@ class HFChooser:
         return self._letter_ids[prefill, letters]
 
     def probabilities(self, questions: list[str], prefill: str, letters: str) -> np.ndarray:
-        ids = self.letter_ids(prefill, letters)
-        prompts = [self.prompt(q, prefill) for q in questions]
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batches of similar length: less padding
-        out = np.zeros((len(prompts), len(letters)))
-        for start in range(0, len(prompts), self.batch_size):
+        torch, ids = self.torch, self.letter_ids(prefill, letters)
+        encoded = [self.tokenizer(self.prompt(q, prefill), add_special_tokens=False).input_ids for q in questions]
+        shared = shared_prefix_length(encoded) if self.share_prefix else 0
+        prefix = self._prefix_cache(encoded[0][:shared]) if shared else None
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # batches of similar length: less padding
+        out = np.zeros((len(encoded), len(letters)))
+        for start in range(0, len(encoded), self.batch_size):
             rows = order[start:start + self.batch_size]
-            batch = self.tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
-                                   add_special_tokens=False).to(self.device)
-            positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-            with self.torch.inference_mode():
-                logits = self.model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1]
+            suffixes = [encoded[i][shared:] for i in rows]
+            width = max(map(len, suffixes))
+            pads = [width - len(s) for s in suffixes]
+            input_ids = torch.tensor([[self.tokenizer.pad_token_id] * p + s for p, s in zip(pads, suffixes)])
+            mask = torch.tensor([[1] * shared + [0] * p + [1] * len(s) for p, s in zip(pads, suffixes)])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            cache = None
+            if prefix is not None:
+                cache = copy.deepcopy(prefix)
+                cache.batch_repeat_interleave(len(rows))
+            with torch.inference_mode():
+                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                                    position_ids=positions.to(self.device), past_key_values=cache,
+                                    use_cache=cache is not None, logits_to_keep=1).logits[:, -1]
             out[rows] = logits[:, ids].float().softmax(-1).cpu().numpy()
         return out
+
+    def _prefix_cache(self, tokens: list[int]):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        with self.torch.inference_mode():
+            self.model(input_ids=self.torch.tensor([tokens], device=self.device), past_key_values=cache,
+                       use_cache=True, logits_to_keep=1)
+        return cache
+
+
+def shared_prefix_length(sequences: list[list[int]]) -> int:
+    """How many leading tokens every sequence shares, leaving each at least one of its own to read from."""
+    if not sequences:
+        return 0
+    first, limit = sequences[0], min(map(len, sequences)) - 1
+    length = 0
+    while length < limit and all(s[length] == first[length] for s in sequences):
+        length += 1
+    return length
 
 
 class OpenAIChooser:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -26,7 +27,7 @@ from rlhf_syco.generation import render_prompts, to_chat
 from rlhf_syco.intervention import methods
 from rlhf_syco.intervention.data import PREFILL
 from rlhf_syco.intervention.stage import base_model, mmlu_questions
-from rlhf_syco.llm_choice import HFChooser
+from rlhf_syco.llm_choice import HFChooser, shared_prefix_length
 from rlhf_syco.models import resolve
 from rlhf_syco.rundir import read_json, read_jsonl
 from rlhf_syco.stages import open_run, run_stage
@@ -182,6 +183,41 @@ def test_letters_read_from_next_token_probabilities_match_a_direct_forward():
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, -1, ids_ab]
         assert reply == ["AB"[int(logits.argmax())]]
+
+
+def test_letters_of_prompts_sharing_a_long_prefix_match_one_forward_each():
+    """k-shot prompts: the examples' KV cache, run once and copied into batches whose shorter prompts are padded
+    after it, gives each prompt's letters as its own whole forward pass does."""
+    path = resolve("tiny:decoder")
+    shots = [{"role": "user", "content": "Is 2 + 2 = 4? (A) Agree (B) Disagree"},
+             {"role": "assistant", "content": PREFILL + "A)"}]
+    questions = [shots + [{"role": "user", "content": "Is " + " + ".join(["1"] * k) + f" = {k}?"}]
+                 for k in (1, 9, 2, 5, 3, 14, 4)]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = [tokenizer(PREFILL + x, add_special_tokens=False).input_ids[-1] for x in "AB"]
+    expected = []
+    for messages in questions:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + PREFILL
+        with torch.no_grad():
+            logits = model(input_ids=tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids)
+        expected.append(logits.logits[0, -1, ids].softmax(-1).numpy())
+    chooser = HFChooser(path, batch_size=3)
+    encoded = [tokenizer(chooser.prompt(q, PREFILL), add_special_tokens=False).input_ids for q in questions]
+    shot_tokens = len(tokenizer.apply_chat_template(shots, tokenize=False))
+    assert shared_prefix_length(encoded) > shot_tokens // 8  # the examples are cached, not just a token or two
+    for share in (True, False):
+        chooser.share_prefix = share
+        got = chooser.probabilities(questions, PREFILL, "AB")
+        np.testing.assert_allclose(got, np.array(expected), atol=1e-5)
+
+
+def test_the_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4, 6]]) == 3
+    assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 1  # [1, 2] needs its last token to read from
+    assert shared_prefix_length([[7, 1], [8, 1]]) == 0
+    assert shared_prefix_length([[1, 2, 3]]) == 2
+    assert shared_prefix_length([]) == 0
 
 
 def test_the_check_is_recomputed_from_its_answers(runs):
