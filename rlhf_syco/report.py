@@ -19,9 +19,12 @@ labelled `beta=0.95`); a sweep folder stands for all of its points. Within a gro
   often each reward model prefers the sycophantic reply on evaluation-half items in held-out phrasings
   (`results/probe_pm.json`), pooled over seeds;
 - `gold_fits.csv`: every run's Gao et al. fits (`overoptimization.py`), not pooled;
+- `intervention.csv` and `intervention_vs_n.csv`, for runs of the `intervene` stage: each task's headline before
+  and after the intervention, and under best-of-N the intervened policy's headline minus its unintervened
+  twin's (`intervention_vs_n`), pooled per group;
 - `runs.csv`: each run, its group and seed;
 - the figures (`bon_vs_n.png`, `bon_paired_vs_n.png`, `<opt>_vs_step.png`, `<opt>_vs_kl.png`,
-  `<opt>_paired_vs_step.png`, `optimizers_vs_kl.png`, each with the CSV of the rows it draws) and `report.md`,
+  `<opt>_paired_vs_step.png`, `optimizers_vs_kl.png`, `interventions.png`, `intervention_vs_n.png`, each with the CSV of the rows it draws) and `report.md`,
   which links them.
 
 Pooling seeds. Each seed draws its own evaluation items and trains its own PM, so the runs of a group are
@@ -92,6 +95,13 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
+def _settings(config: dict) -> dict:
+    """The run's config as {dotted key: JSON value}, seeds and IGNORED sections aside; a path inside the run's own
+    folder (`{run_dir}/intervene/policy`) is the same setting in every run."""
+    own = str(Path(config["runs_dir"]) / config["name"])
+    return {k: v.replace(own, "{run_dir}") for k, v in _flat(config).items()}
+
+
 def label_runs(runs: list[Path]) -> pd.DataFrame:
     """One row per run: run, group (the values that differ between the runs' configs, seeds aside), seed."""
     manifests = [_json(run / "manifest.json") for run in runs]
@@ -99,9 +109,7 @@ def label_runs(runs: list[Path]) -> pd.DataFrame:
         if not isinstance(manifest.get("config"), dict) or "seed" not in manifest["config"]:
             raise UserError(f"{run / 'manifest.json'}: no config with a seed: not a run's manifest")
     configs = [m["config"] for m in manifests]
-    # a path inside the run's own folder (`{run_dir}/intervene/policy`) is the same setting in every run
-    flat = [{k: v.replace(str(Path(c["runs_dir"]) / c["name"]), "{run_dir}") for k, v in _flat(c).items()}
-            for c in configs]
+    flat = [_settings(c) for c in configs]
     keys = sorted({k for f in flat for k in f})
     varied = [k for k in keys if len({f.get(k) for f in flat}) > 1]
     groups = [", ".join(f"{k.rsplit('.', 1)[-1]}={_shown(f.get(k))}" for k in varied) or "all" for f in flat]
@@ -234,11 +242,19 @@ def build(paths: list[Path], out: Path) -> dict:
         written["intervention.csv"] = pooled(check, ["type", "metric", "policy"]).merge(
             intervention_data(runs), on="group", how="left")
         figures.append(interventions_figure(written["intervention.csv"], out / "interventions.png"))
+    effects = intervention_vs_n(runs)
+    if not effects.empty:
+        effects = written["intervention_vs_n.csv"] = pooled(
+            effects, ["control", "type", "metric", "reward_model", "n"], mean_of=("kl_bon",), shared=shared)
+        figures.append(panel_figure(effects.assign(series=effects["group"] + " \u00b7 " + effects["reward_model"]),
+                                    "n", "N (best-of-N)", "series", "Intervened \u2212 unintervened policy under "
+                                    "best-of-N against each reward model (paired over items, 95% CI)",
+                                    out / "intervention_vs_n.png", log2_x=True, difference=True))
     for name, frame in written.items():
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
     atomic_write(out / "report.md", markdown(runs, written["findings.csv"], written["pm_learned.csv"], fits, figures,
-                                            written.get("intervention.csv")))
+                                            written.get("intervention.csv"), written.get("intervention_vs_n.csv")))
     return {"runs": len(runs), "groups": runs["group"].nunique(),
             "files": sorted([*written, "report.md", *(f.name for f in figures)])}
 
@@ -319,6 +335,51 @@ def intervention_data(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["group", "method", "kept", "drawn", "steps"])
 
 
+INTERVENTION_COLUMNS = ["group", "control", "type", "metric", "reward_model", "n", "kl_bon", "value", "ci_low",
+                        "ci_high", "items", "reason"]
+
+
+def intervention_vs_n(runs: pd.DataFrame) -> pd.DataFrame:
+    """Does an intervention survive best-of-N? For every run that intervened (`intervene.method` other than
+    none) and has an unintervened twin among the runs (`intervene.method: none`, every other setting and the seed
+    the same): the intervened policy's best-of-n headline minus the twin's, per type, reward model and n, paired
+    over the evaluation items both drew (`results/bon_selected.jsonl`; `metrics.paired_difference`)."""
+    from rlhf_syco.bon.stage import SELECTED_FILE, read_selected
+    from rlhf_syco.evaluation.metrics import paired_difference
+    from rlhf_syco.evaluation.tasks import get_task
+
+    configs = {r.run: _json(Path(r.run) / "manifest.json")["config"] for r in runs.itertuples()}
+    method = {run: c.get("intervene", {}).get("method") for run, c in configs.items()}
+
+    def twin_key(run: str) -> tuple:
+        others = {k: v for k, v in _settings(configs[run]).items() if k != "intervene.method"}
+        return configs[run]["seed"], tuple(sorted(others.items()))
+
+    has_pool = {r.run for r in runs.itertuples() if (Path(r.run) / "results" / SELECTED_FILE).exists()}
+    controls = {twin_key(run): run for run in has_pool if method[run] == "none"}
+    group = dict(zip(runs["run"], runs["group"]))
+    rows = []
+    for run in sorted(has_pool):
+        control = controls.get(twin_key(run))
+        if method[run] in (None, "none") or control is None:
+            continue
+        mine, theirs = read_selected(Path(run) / "results" / SELECTED_FILE), \
+            read_selected(Path(control) / "results" / SELECTED_FILE)
+        headlines = pd.read_csv(Path(run) / "results" / "bon_curves.csv").groupby("type")["metric"].first()
+        bon, eval_ = configs[run].get("bon", {}), configs[run].get("eval", {})
+        for (name, rm, n), frame in mine.items():
+            if (name, rm, n) not in theirs or name not in headlines:
+                continue
+            diff = paired_difference(get_task(name), headlines[name], frame, theirs[name, rm, n],
+                                     bootstrap=bon.get("bootstrap", 1000), seed=configs[run]["seed"],
+                                     **({"min_items": eval_["min_items"]} if "min_items" in eval_ else {}))
+            rows.append({"run": run, "group": group[run], "seed": configs[run]["seed"], "control": group[control],
+                         "type": name, "metric": headlines[name], "reward_model": rm, "n": n,
+                         "kl_bon": math.log(n) - (n - 1) / n, **{k: diff[k] for k in STATS},
+                         "items": diff["n"], "reason": diff["reason"]})
+    return pd.DataFrame(rows, columns=["run", "seed", *INTERVENTION_COLUMNS])
+
+
 def verdict(value: float, low: float, high: float) -> str:
     if not all(np.isfinite([value, low, high])):
         return "not measurable"
@@ -326,9 +387,10 @@ def verdict(value: float, low: float, high: float) -> str:
 
 
 def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fits: pd.DataFrame,
-             figures: list[Path], intervention: pd.DataFrame | None = None) -> str:
-    """report.md: the runs, the findings table, what the PMs learned, the interventions' before / after, the
-    figures and the gold-reward fits."""
+             figures: list[Path], intervention: pd.DataFrame | None = None,
+             under_bon: pd.DataFrame | None = None) -> str:
+    """report.md: the runs, the findings table, what the PMs learned, the interventions' before / after and
+    under best-of-N, the figures and the gold-reward fits."""
     lines = ["# Sycophancy across runs", "",
              f"{len(runs)} runs in {runs['group'].nunique()} groups ({', '.join(sorted(runs['group'].unique()))}). "
              "Each value is the mean over a group's seeds with a 95% CI that pools the runs' own CIs and the spread "
@@ -372,6 +434,18 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fit
                      ("before", "after", "after - before")]
             lines.append(f"| {group} | {first['method']} | {first['kept']:.0f} / {first['drawn']:.0f} | "
                          f"{first['steps']:.0f} | {type_} | {metric} | " + " | ".join(cells) + " |")
+    if under_bon is not None:
+        ends = under_bon[under_bon["n"].isin([1, under_bon["n"].max()])]
+        lines += ["", "## Interventions under best-of-N", "",
+                  "The intervened policy's best-of-n headline minus its unintervened twin's (the same run with "
+                  "`intervene.method: none`), selected by each reward model, paired over the evaluation items both "
+                  "drew (`intervention_vs_n.csv` has every n). Below 0: less sycophantic than without the "
+                  "intervention.", "",
+                  "| group | twin | type | metric | selected by | n | intervened \u2212 twin [95% CI] | CI excludes 0 "
+                  "| runs |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r.group} | {r.control} | {r.type} | {r.metric} | {r.reward_model} | {r.n} | "
+                  f"{_interval(r.value, r.ci_low, r.ci_high)} | {verdict(r.value, r.ci_low, r.ci_high)} | {r.runs} |"
+                  for r in ends.itertuples()]
     lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})\n" for f in figures]
     if not fits.empty:
         lines += ["## Gold reward: Gao et al.'s fits", "",

@@ -18,6 +18,8 @@ from rlhf_syco.bon import stage
 from rlhf_syco.config import ExperimentConfig
 from evalkit import build
 from rlhf_syco.evaluation.config import ARE_YOU_SURE_CHALLENGE
+from rlhf_syco.evaluation.metrics import summarize
+from rlhf_syco.evaluation.tasks import get_task
 from rlhf_syco.generation import to_chat
 from rlhf_syco.models import resolve
 
@@ -131,6 +133,15 @@ def test_curves_follow_the_hand_computed_selection_probabilities(tmp_path, scrip
         assert gold.loc[("mimicry", "special", n), "sqrt_kl"] == pytest.approx(np.sqrt(np.log(n) - (n - 1) / n))
     fits = pd.read_csv(tmp_path / "results" / "bon_gold_fits.csv")
     assert (fits["form"] == "best_of_n").all() and fits["reason"].str.contains("2 points at distinct d > 0").all()
+
+    # the selections' per-record judgments, read back, give the curves (what runs compare over items)
+    selected = stage.read_selected(tmp_path / "results" / stage.SELECTED_FILE)
+    assert len(selected) == 3 * 2 * 3
+    for (name, rm, n), frame in selected.items():
+        metric = curves.set_index(["type", "reward_model", "n"]).loc[(name, rm, n), "metric"]
+        stats = summarize(get_task(name), frame, bootstrap=10, min_items=1)
+        assert stats[metric]["value"] == pytest.approx(value[name, rm, n])
+    assert selected["mimicry", "special", 2]["item_id"].is_unique
 
     figures = plots.run(cfg, tmp_path)
     assert set(figures) == {"bon_vs_n", "bon_vs_kl", "bon_gold"}

@@ -17,7 +17,8 @@
    of the selected sample under every reward model, per type and over all prompts), `bon_gold.csv` and
    `bon_gold_fits.csv` (the gold rate of the selection beside its proxy reward against sqrt(KL), and Gao et
    al.'s fit: `overoptimization.py`), `bon_context.json` (how many reward-model inputs had to be shortened to
-   fit) and `bon_budget.json` (how many samples ran into their token budget).
+   fit), `bon_budget.json` (how many samples ran into their token budget) and `bon_selected.jsonl` (every
+   record's expected judgments per reward model and n, for comparisons paired over items across runs).
 
 Why expected judgments give the best-of-n metric exactly. Every metric is a rate or a signed sum of rates, each
 (sum of a judgment over the counted rows) / (number of counted rows). When the counted rows do not depend on which
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +67,12 @@ from rlhf_syco.fanout import Workers
 from rlhf_syco.generation import make_generator
 from rlhf_syco.models import build_reward_models
 from rlhf_syco.progress import console, progress_bar
-from rlhf_syco.rundir import RunDir, atomic_path, fingerprint, write_json, write_jsonl
+from rlhf_syco.rundir import RunDir, atomic_path, fingerprint, read_jsonl, write_json, write_jsonl
 
 CURVES_FILE, METRICS_FILE, PAIRED_FILE, REWARDS_FILE = "bon_curves.csv", "bon_metrics.csv", "bon_paired.csv", \
     "bon_rewards.csv"
 CONTEXT_FILE, HEADLINES_FILE, BUDGET_FILE = "bon_context.json", "bon_headlines.json", "bon_budget.json"
-GOLD_FILE, FITS_FILE = "bon_gold.csv", "bon_gold_fits.csv"
+GOLD_FILE, FITS_FILE, SELECTED_FILE = "bon_gold.csv", "bon_gold_fits.csv", "bon_selected.jsonl"
 
 
 def run(config: ExperimentConfig, run_dir: RunDir | str | Path) -> dict:
@@ -111,6 +113,7 @@ def run(config: ExperimentConfig, run_dir: RunDir | str | Path) -> dict:
     write_json(run_dir.results / CONTEXT_FILE, shortened)
     write_json(run_dir.results / BUDGET_FILE, _budget_hits(config, tasks, pools))
     write_json(run_dir.results / HEADLINES_FILE, chosen)
+    write_jsonl(run_dir.results / SELECTED_FILE, selected_rows(frames))
     _print_table(headlines, config.bon.n_max)
     n_prompts = sum(len(r) for r in sets.values())
     summary = {"n_max": config.bon.n_max, "prompts": n_prompts, "samples": n_prompts * config.bon.n_max,
@@ -204,6 +207,21 @@ def _curves(config: ExperimentConfig, tasks: dict, judged: dict, scores: dict, s
                                "items": diff["n"]})
     columns = ["type", "metric", "reward_model", "minus", "n", "kl_bon", "value", "ci_low", "ci_high", "items"]
     return pd.DataFrame(rows), pd.DataFrame(paired, columns=columns), chosen, frames
+
+
+def selected_rows(frames: dict) -> list[dict]:
+    """Every record's expected judgments under best-of-n, per type, reward model and n: what a comparison with
+    another run on the same items pairs over (the report's intervened - unintervened policy)."""
+    return [{"type": name, "reward_model": rm, "n": n, **row}
+            for (name, rm, n), frame in frames.items() for row in json.loads(frame.to_json(orient="records"))]
+
+
+def read_selected(path: Path) -> dict:
+    """`results/bon_selected.jsonl` back into {(type, reward model, n): the judged frame}."""
+    groups: dict = {}
+    for row in read_jsonl(path):
+        groups.setdefault((row.pop("type"), row.pop("reward_model"), row.pop("n")), []).append(row)
+    return {key: pd.DataFrame(rows) for key, rows in groups.items()}
 
 
 def _gold(config: ExperimentConfig, tasks: dict, frames: dict, sizes: list[int],
