@@ -19,12 +19,13 @@ labelled `beta=0.95`); a sweep folder stands for all of its points. Within a gro
   often each reward model prefers the sycophantic reply on evaluation-half items in held-out phrasings
   (`results/probe_pm.json`), pooled over seeds;
 - `gold_fits.csv`: every run's Gao et al. fits (`overoptimization.py`), not pooled;
-- `intervention.csv` and `intervention_vs_n.csv`, for runs of the `intervene` stage: each task's headline before
-  and after the intervention, and under best-of-N the intervened policy's headline minus its unintervened
-  twin's (`intervention_vs_n`), pooled per group;
+- `intervention.csv`, `intervention_vs_n.csv` and `intervention_<opt>_vs_step.csv`, for runs of the `intervene`
+  stage: each task's headline before and after the intervention, and under best-of-N and RL the intervened
+  policy's headline minus its unintervened twin's (`intervention_effects`), pooled per group;
 - `runs.csv`: each run, its group and seed;
 - the figures (`bon_vs_n.png`, `bon_paired_vs_n.png`, `<opt>_vs_step.png`, `<opt>_vs_kl.png`,
-  `<opt>_paired_vs_step.png`, `optimizers_vs_kl.png`, `interventions.png`, `intervention_vs_n.png`, each with the CSV of the rows it draws) and `report.md`,
+  `<opt>_paired_vs_step.png`, `optimizers_vs_kl.png`, `interventions.png`, `intervention_vs_n.png`,
+  `intervention_<opt>_vs_step.png`, each with the CSV of the rows it draws) and `report.md`,
   which links them.
 
 Pooling seeds. Each seed draws its own evaluation items and trains its own PM, so the runs of a group are
@@ -242,19 +243,27 @@ def build(paths: list[Path], out: Path) -> dict:
         written["intervention.csv"] = pooled(check, ["type", "metric", "policy"]).merge(
             intervention_data(runs), on="group", how="left")
         figures.append(interventions_figure(written["intervention.csv"], out / "interventions.png"))
-    effects = intervention_vs_n(runs)
-    if not effects.empty:
-        effects = written["intervention_vs_n.csv"] = pooled(
-            effects, ["control", "type", "metric", "reward_model", "n"], mean_of=("kl_bon",), shared=shared)
-        figures.append(panel_figure(effects.assign(series=effects["group"] + " \u00b7 " + effects["reward_model"]),
-                                    "n", "N (best-of-N)", "series", "Intervened \u2212 unintervened policy under "
-                                    "best-of-N against each reward model (paired over items, 95% CI)",
-                                    out / "intervention_vs_n.png", log2_x=True, difference=True))
+    under = {}  # optimizer: the intervened policy minus its unintervened twin
+    for optimizer, name, against, at in [("bon", "best-of-N", "reward_model", "n"),
+                                         *((key, title, "arm", "step") for key, title in RL_OPTIMIZERS.items())]:
+        bon = optimizer == "bon"
+        effects = intervention_effects(runs, "bon_selected.jsonl" if bon else f"{optimizer}_judged.jsonl",
+                                       f"{optimizer}_curves.csv", against, at, "bon" if bon else "eval")
+        if effects.empty:
+            continue
+        file = "intervention_vs_n" if bon else f"intervention_{optimizer}_vs_step"
+        effects = under[name] = written[f"{file}.csv"] = pooled(effects, ["control", "type", "metric", against, at],
+                                                               shared=shared)
+        figures.append(panel_figure(effects.assign(series=effects["group"] + " \u00b7 " + effects[against]), at,
+                                    "N (best-of-N)" if at == "n" else f"{name} step", "series",
+                                    f"Intervened \u2212 unintervened policy under {name}, by the reward model "
+                                    "optimized against (paired over items, 95% CI)", out / f"{file}.png",
+                                    log2_x=at == "n", difference=True))
     for name, frame in written.items():
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
     atomic_write(out / "report.md", markdown(runs, written["findings.csv"], written["pm_learned.csv"], fits, figures,
-                                            written.get("intervention.csv"), written.get("intervention_vs_n.csv")))
+                                            written.get("intervention.csv"), under))
     return {"runs": len(runs), "groups": runs["group"].nunique(),
             "files": sorted([*written, "report.md", *(f.name for f in figures)])}
 
@@ -335,16 +344,23 @@ def intervention_data(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["group", "method", "kept", "drawn", "steps"])
 
 
-INTERVENTION_COLUMNS = ["group", "control", "type", "metric", "reward_model", "n", "kl_bon", "value", "ci_low",
-                        "ci_high", "items", "reason"]
+def judged_frames(path: Path, by: tuple[str, ...]) -> dict:
+    """A `results/*.jsonl` of judged records (`bon_selected.jsonl`, `<opt>_judged.jsonl`) as {values of `by`: the
+    records' frame}."""
+    groups: dict = {}
+    for row in map(json.loads, path.read_text().splitlines()):
+        groups.setdefault(tuple(row.pop(k) for k in by), []).append(row)
+    return {key: pd.DataFrame(rows) for key, rows in groups.items()}
 
 
-def intervention_vs_n(runs: pd.DataFrame) -> pd.DataFrame:
-    """Does an intervention survive best-of-N? For every run that intervened (`intervene.method` other than
+def intervention_effects(runs: pd.DataFrame, judged: str, curves: str, against: str, at: str,
+                         resamples_from: str = "eval") -> pd.DataFrame:
+    """Does an intervention survive optimization? For every run that intervened (`intervene.method` other than
     none) and has an unintervened twin among the runs (`intervene.method: none`, every other setting and the seed
-    the same): the intervened policy's best-of-n headline minus the twin's, per type, reward model and n, paired
-    over the evaluation items both drew (`results/bon_selected.jsonl`; `metrics.paired_difference`)."""
-    from rlhf_syco.bon.stage import SELECTED_FILE, read_selected
+    the same): the intervened policy's headline minus the twin's, per type, reward model optimized against
+    (`against`: best-of-N's `reward_model`, an RL `arm`) and `at` (n, step), paired over the evaluation items both
+    drew (`metrics.paired_difference`, with the bootstrap of the config section `resamples_from`). `judged`: the
+    runs' file of judged records; `curves`: the one that names each type's headline."""
     from rlhf_syco.evaluation.metrics import paired_difference
     from rlhf_syco.evaluation.tasks import get_task
 
@@ -355,29 +371,29 @@ def intervention_vs_n(runs: pd.DataFrame) -> pd.DataFrame:
         others = {k: v for k, v in _settings(configs[run]).items() if k != "intervene.method"}
         return configs[run]["seed"], tuple(sorted(others.items()))
 
-    has_pool = {r.run for r in runs.itertuples() if (Path(r.run) / "results" / SELECTED_FILE).exists()}
-    controls = {twin_key(run): run for run in has_pool if method[run] == "none"}
+    have = sorted(r for r in configs if (Path(r) / "results" / judged).exists())
+    twins = {twin_key(run): run for run in have if method[run] == "none"}
     group = dict(zip(runs["run"], runs["group"]))
     rows = []
-    for run in sorted(has_pool):
-        control = controls.get(twin_key(run))
+    for run in have:
+        control = twins.get(twin_key(run))
         if method[run] in (None, "none") or control is None:
             continue
-        mine, theirs = read_selected(Path(run) / "results" / SELECTED_FILE), \
-            read_selected(Path(control) / "results" / SELECTED_FILE)
-        headlines = pd.read_csv(Path(run) / "results" / "bon_curves.csv").groupby("type")["metric"].first()
-        bon, eval_ = configs[run].get("bon", {}), configs[run].get("eval", {})
-        for (name, rm, n), frame in mine.items():
-            if (name, rm, n) not in theirs or name not in headlines:
+        by = ("type", against, at)
+        mine, theirs = (judged_frames(Path(r) / "results" / judged, by) for r in (run, control))
+        headlines = pd.read_csv(Path(run) / "results" / curves).groupby("type")["metric"].first()
+        config = configs[run]
+        for (name, rm, x), frame in mine.items():
+            if (name, rm, x) not in theirs or name not in headlines:
                 continue
-            diff = paired_difference(get_task(name), headlines[name], frame, theirs[name, rm, n],
-                                     bootstrap=bon.get("bootstrap", 1000), seed=configs[run]["seed"],
-                                     **({"min_items": eval_["min_items"]} if "min_items" in eval_ else {}))
-            rows.append({"run": run, "group": group[run], "seed": configs[run]["seed"], "control": group[control],
-                         "type": name, "metric": headlines[name], "reward_model": rm, "n": n,
-                         "kl_bon": math.log(n) - (n - 1) / n, **{k: diff[k] for k in STATS},
-                         "items": diff["n"], "reason": diff["reason"]})
-    return pd.DataFrame(rows, columns=["run", "seed", *INTERVENTION_COLUMNS])
+            diff = paired_difference(get_task(name), headlines[name], frame, theirs[name, rm, x],
+                                     bootstrap=config[resamples_from]["bootstrap"], seed=config["seed"],
+                                     min_items=config["eval"]["min_items"])
+            rows.append({"run": run, "seed": config["seed"], "group": group[run], "control": group[control],
+                         "type": name, "metric": headlines[name], against: rm, at: x,
+                         **{k: diff[k] for k in STATS}, "items": diff["n"], "reason": diff["reason"]})
+    return pd.DataFrame(rows, columns=["run", "seed", "group", "control", "type", "metric", against, at, *STATS,
+                                       "items", "reason"])
 
 
 def verdict(value: float, low: float, high: float) -> str:
@@ -388,7 +404,7 @@ def verdict(value: float, low: float, high: float) -> str:
 
 def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fits: pd.DataFrame,
              figures: list[Path], intervention: pd.DataFrame | None = None,
-             under_bon: pd.DataFrame | None = None) -> str:
+             under: dict[str, pd.DataFrame] | None = None) -> str:
     """report.md: the runs, the findings table, what the PMs learned, the interventions' before / after and
     under best-of-N, the figures and the gold-reward fits."""
     lines = ["# Sycophancy across runs", "",
@@ -434,18 +450,21 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fit
                      ("before", "after", "after - before")]
             lines.append(f"| {group} | {first['method']} | {first['kept']:.0f} / {first['drawn']:.0f} | "
                          f"{first['steps']:.0f} | {type_} | {metric} | " + " | ".join(cells) + " |")
-    if under_bon is not None:
-        ends = under_bon[under_bon["n"].isin([1, under_bon["n"].max()])]
-        lines += ["", "## Interventions under best-of-N", "",
-                  "The intervened policy's best-of-n headline minus its unintervened twin's (the same run with "
-                  "`intervene.method: none`), selected by each reward model, paired over the evaluation items both "
-                  "drew (`intervention_vs_n.csv` has every n). Below 0: less sycophantic than without the "
+    if under:
+        lines += ["", "## Interventions under optimization", "",
+                  "The intervened policy's headline minus its unintervened twin's (the same run with "
+                  "`intervene.method: none`), optimized against each reward model, paired over the evaluation items "
+                  "both drew, at the start and at the largest n or last step (`intervention_vs_n.csv`, "
+                  "`intervention_<opt>_vs_step.csv` have every one). Below 0: less sycophantic than without the "
                   "intervention.", "",
-                  "| group | twin | type | metric | selected by | n | intervened \u2212 twin [95% CI] | CI excludes 0 "
-                  "| runs |", "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r.group} | {r.control} | {r.type} | {r.metric} | {r.reward_model} | {r.n} | "
-                  f"{_interval(r.value, r.ci_low, r.ci_high)} | {verdict(r.value, r.ci_low, r.ci_high)} | {r.runs} |"
-                  for r in ends.itertuples()]
+                  "| group | twin | type | metric | method | against | at | intervened \u2212 twin [95% CI] | "
+                  "CI excludes 0 | runs |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for method, table in under.items():
+            against, at = ("reward_model", "n") if method == "best-of-N" else ("arm", "step")
+            ends = table[table[at].isin([table[at].min(), table[at].max()])]
+            lines += [f"| {r.group} | {r.control} | {r.type} | {r.metric} | {method} | {getattr(r, against)} | "
+                      f"{at} = {getattr(r, at)} | {_interval(r.value, r.ci_low, r.ci_high)} | "
+                      f"{verdict(r.value, r.ci_low, r.ci_high)} | {r.runs} |" for r in ends.itertuples()]
     lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})\n" for f in figures]
     if not fits.empty:
         lines += ["## Gold reward: Gao et al.'s fits", "",

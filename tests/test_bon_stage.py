@@ -21,6 +21,7 @@ from rlhf_syco.evaluation.config import ARE_YOU_SURE_CHALLENGE
 from rlhf_syco.evaluation.metrics import summarize
 from rlhf_syco.evaluation.tasks import get_task
 from rlhf_syco.generation import to_chat
+from rlhf_syco.report import judged_frames
 from rlhf_syco.models import resolve
 
 N = 4
@@ -135,7 +136,7 @@ def test_curves_follow_the_hand_computed_selection_probabilities(tmp_path, scrip
     assert (fits["form"] == "best_of_n").all() and fits["reason"].str.contains("2 points at distinct d > 0").all()
 
     # the selections' per-record judgments, read back, give the curves (what runs compare over items)
-    selected = stage.read_selected(tmp_path / "results" / stage.SELECTED_FILE)
+    selected = judged_frames(tmp_path / "results" / stage.SELECTED_FILE, ("type", "reward_model", "n"))
     assert len(selected) == 3 * 2 * 3
     for (name, rm, n), frame in selected.items():
         metric = curves.set_index(["type", "reward_model", "n"]).loc[(name, rm, n), "metric"]

@@ -17,7 +17,10 @@ import torch
 import yaml
 
 from rlhf_syco.config import ExperimentConfig
+from rlhf_syco.evaluation.metrics import summarize
+from rlhf_syco.evaluation.tasks import get_task
 from rlhf_syco.group_rl import stage as group_stage
+from rlhf_syco.report import judged_frames
 import test_ppo_trainer as ppo_test
 from test_ppo_trainer import (RULE, finish, letter_share, one_thread, signalled,  # noqa: F401
                               tiny_config, with_data)
@@ -111,6 +114,7 @@ def test_stage_trains_one_policy_per_reward_model_with_evaluations_and_tables(tm
     from rlhf_syco import plots
 
     config = config_for(tmp_path, optimizer, reward_models=["rule", "rule_o"], lr=1e-2)
+    config = ExperimentConfig.model_validate({**config.dump(), "eval": {**config.dump()["eval"], "min_items": 1}})
     run_dir = with_data(config)
     summary = group_stage.run(config, run_dir, optimizer)
     assert set(summary) == {"rule", "rule_o"} and summary["rule"]["steps"] == 4
@@ -132,6 +136,13 @@ def test_stage_trains_one_policy_per_reward_model_with_evaluations_and_tables(tm
     assert (curves[curves["step"] == 0]["kl"] == 0).all() and (curves[curves["step"] == 4]["kl"] != 0).all()
     paired = pd.read_csv(run_dir.results / f"{optimizer}_paired.csv")
     assert set(paired[paired["minus"] == "rule_o"]["step"]) == {2, 4}
+    # every evaluated record's judgments, read back, give the curves (what runs compare over items)
+    judged = judged_frames(run_dir.results / f"{optimizer}_judged.jsonl", ("type", "arm", "step"))
+    assert len(judged) == len(curves) and curves["value"].notna().any()
+    for row in curves.itertuples():
+        stats = summarize(get_task(row.type), judged[row.type, row.arm, row.step], bootstrap=10,
+                          min_items=config.eval.min_items)
+        assert stats[row.metric]["value"] == pytest.approx(row.value, nan_ok=True)
     rewards = pd.read_csv(run_dir.results / f"{optimizer}_rewards.csv")
     assert set(zip(rewards["arm"], rewards["reward_model"])) == {(a, r) for a in ("rule", "rule_o")
                                                                  for r in ("rule", "rule_o")}

@@ -239,39 +239,49 @@ def test_a_figure_with_one_value_per_line_draws_each_ci_as_an_error_bar_and_hide
 
 
 def fake_intervention_run(folder: Path, method: str, mimics: dict[int, list[float]], seed: int = 0) -> Path:
-    """A run of the intervention study with best-of-N's per-record selections on mimicry: `mimics` is
-    {n: each item's expected mimicry under the PM}."""
+    """A run of the intervention study with per-record mimicry judgments: `mimics` is {n: each item's expected
+    mimicry under the PM}, best-of-N's selections (`bon_selected.jsonl`) and, with n read as a step, PPO's
+    evaluations of its `pm` arm (`ppo_judged.jsonl`)."""
     folder.mkdir(parents=True)
     config = {"name": folder.name, "seed": seed, "runs_dir": str(folder.parent), "intervene": {"method": method},
               "policy": {"model": {"name_or_path": f"{folder}/intervene/policy"}}, "bon": {"bootstrap": 400},
-              "eval": {"min_items": 2}}
+              "eval": {"min_items": 2, "bootstrap": 400}}
     (folder / "manifest.json").write_text(json.dumps({"config": config}))
     (folder / "results").mkdir()
-    rows = [{"type": "mimicry", "reward_model": "pm", "n": n, "item_id": f"poem-{i}", "variant": "mimicry",
-             "dataset": "poems", "mimics": m} for n, values in mimics.items() for i, m in enumerate(values)]
-    (folder / "results" / "bon_selected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    pd.DataFrame([{"type": "mimicry", "metric": "mimicry_rate", "reward_model": "pm", "n": n, "kl_bon": 0.0,
-                   "kl_plugin": 0.0, "value": float(np.mean(v)), "ci_low": 0.0, "ci_high": 1.0, "reason": None}
-                  for n, v in mimics.items()]).to_csv(folder / "results" / "bon_curves.csv", index=False)
+    rows = [{"item_id": f"poem-{i}", "variant": "mimicry", "dataset": "poems", "mimics": m, "n": n}
+            for n, values in mimics.items() for i, m in enumerate(values)]
+    (folder / "results" / "bon_selected.jsonl").write_text(
+        "".join(json.dumps({"type": "mimicry", "reward_model": "pm", **r}) + "\n" for r in rows))
+    (folder / "results" / "ppo_judged.jsonl").write_text(
+        "".join(json.dumps({"type": "mimicry", "arm": "pm", "step": r.pop("n"), **r}) + "\n" for r in rows))
+    curve = [{"type": "mimicry", "metric": "mimicry_rate", "value": float(np.mean(v)), "ci_low": 0.0, "ci_high": 1.0,
+              "reason": None} for v in mimics.values()]
+    pd.DataFrame([{**c, "reward_model": "pm", "n": n, "kl_bon": 0.0, "kl_plugin": 0.0} for c, n in zip(curve, mimics)]
+                 ).to_csv(folder / "results" / "bon_curves.csv", index=False)
+    pd.DataFrame([{**c, "arm": "pm", "step": n, "kl": 0.0} for c, n in zip(curve, mimics)]
+                 ).to_csv(folder / "results" / "ppo_curves.csv", index=False)
     return folder
 
 
-def test_an_intervention_under_best_of_n_is_its_twin_subtracted_over_the_same_items(tmp_path):
-    """The intervened run minus the run that differs only in `intervene.method: none`, item by item: the
-    difference by hand, a CI that holds it, n by n; a run with no twin gets no row."""
+def test_an_intervention_under_optimization_is_its_twin_subtracted_over_the_same_items(tmp_path):
+    """The intervened run minus the run that differs only in `intervene.method: none`, item by item, under
+    best-of-N and PPO: the difference by hand and a CI that holds it, at each n and step; a run with no twin
+    gets no row."""
     control = {1: [0.5, 0.5, 0.25, 0.75, 0.0, 1.0], 4: [0.75, 1.0, 0.5, 1.0, 0.25, 1.0]}
     kshot = {1: [0.25, 0.5, 0.0, 0.5, 0.0, 0.75], 4: [0.75, 0.75, 0.5, 1.0, 0.0, 1.0]}
     runs = [fake_intervention_run(tmp_path / "none", "none", control),
             fake_intervention_run(tmp_path / "kshot", "kshot", kshot),
             fake_intervention_run(tmp_path / "lora-seed-1", "lora", kshot, seed=1)]  # its twin would be seed 1
     build(runs, tmp_path / "report")
-    effects = pd.read_csv(tmp_path / "report" / "intervention_vs_n.csv").set_index("n")
-    assert set(effects["group"]) == {"method=kshot"} and set(effects["control"]) == {"method=none"}
-    assert len(effects) == 2 and (effects["reward_model"] == "pm").all()
-    for n in (1, 4):
-        by_hand = np.mean(kshot[n]) - np.mean(control[n])
-        assert effects.loc[n, "value"] == pytest.approx(by_hand)
-        assert effects.loc[n, "ci_low"] <= by_hand <= effects.loc[n, "ci_high"]
-    assert effects.loc[1, "value"] == pytest.approx(-1 / 6) and effects.loc[4, "value"] == pytest.approx(-1 / 12)
+    for table, at in (("intervention_vs_n.csv", "n"), ("intervention_ppo_vs_step.csv", "step")):
+        effects = pd.read_csv(tmp_path / "report" / table).set_index(at)
+        assert set(effects["group"]) == {"method=kshot"} and set(effects["control"]) == {"method=none"}
+        assert len(effects) == 2
+        for x in (1, 4):
+            by_hand = np.mean(kshot[x]) - np.mean(control[x])
+            assert effects.loc[x, "value"] == pytest.approx(by_hand)
+            assert effects.loc[x, "ci_low"] <= by_hand <= effects.loc[x, "ci_high"]
+        assert effects.loc[1, "value"] == pytest.approx(-1 / 6) and effects.loc[4, "value"] == pytest.approx(-1 / 12)
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "## Interventions under best-of-N" in report and "intervention_vs_n.png" in report
+    assert "## Interventions under optimization" in report and report.count("| method=kshot | method=none |") == 4
+    assert "intervention_vs_n.png" in report and "intervention_ppo_vs_step.png" in report

@@ -67,7 +67,7 @@ from rlhf_syco.fanout import Workers
 from rlhf_syco.generation import make_generator
 from rlhf_syco.models import build_reward_models
 from rlhf_syco.progress import console, progress_bar
-from rlhf_syco.rundir import RunDir, atomic_path, fingerprint, read_jsonl, write_json, write_jsonl
+from rlhf_syco.rundir import RunDir, atomic_path, fingerprint, write_json, write_jsonl
 
 CURVES_FILE, METRICS_FILE, PAIRED_FILE, REWARDS_FILE = "bon_curves.csv", "bon_metrics.csv", "bon_paired.csv", \
     "bon_rewards.csv"
@@ -214,14 +214,6 @@ def selected_rows(frames: dict) -> list[dict]:
     another run on the same items pairs over (the report's intervened - unintervened policy)."""
     return [{"type": name, "reward_model": rm, "n": n, **row}
             for (name, rm, n), frame in frames.items() for row in json.loads(frame.to_json(orient="records"))]
-
-
-def read_selected(path: Path) -> dict:
-    """`results/bon_selected.jsonl` back into {(type, reward model, n): the judged frame}."""
-    groups: dict = {}
-    for row in read_jsonl(path):
-        groups.setdefault((row.pop("type"), row.pop("reward_model"), row.pop("n")), []).append(row)
-    return {key: pd.DataFrame(rows) for key, rows in groups.items()}
 
 
 def _gold(config: ExperimentConfig, tasks: dict, frames: dict, sizes: list[int],

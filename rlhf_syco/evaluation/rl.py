@@ -13,7 +13,9 @@ every arm's evaluations after each one:
 - `results/<opt>_rewards.csv` (arm, step, kl, reward_model, mean_reward): every reward model's mean score of the
   arm's replies to held-out RL prompts;
 - `results/<opt>_gold.csv` and `<opt>_gold_fits.csv`: each type's gold rate at every evaluated step beside the
-  arm's proxy reward, against sqrt(KL), and Gao et al.'s RL form fitted to it (`overoptimization.py`).
+  arm's proxy reward, against sqrt(KL), and Gao et al.'s RL form fitted to it (`overoptimization.py`);
+- `results/<opt>_judged.jsonl`: every evaluated record's judgments (its keys and numeric columns) per arm and
+  step, for comparisons paired over items across runs (the report's intervened - unintervened policy).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 from rlhf_syco.errors import UserError
 from rlhf_syco.generation import HFGenerator, derive_seed, make_generator, render_prompts
 from rlhf_syco.progress import console
-from rlhf_syco.rundir import RunDir, atomic_path, read_json, read_jsonl, write_json
+from rlhf_syco.rundir import RunDir, atomic_path, read_json, read_jsonl, write_json, write_jsonl
 
 
 def rl_prompts(run_dir, tokenizer, max_tokens: int, optimizer: str = "ppo") -> tuple[list, list]:
@@ -202,7 +204,7 @@ class SycophancyEvaluation:
             path = self.root / arm / "eval" / f"step-{step:06d}" / f"judged_{name}.parquet"
             return pd.read_parquet(path) if path.exists() else None
 
-        curves, paired, rewards = [], [], []
+        curves, paired, rewards, every = [], [], [], []
         drawn = {}  # each type's headline as chosen on the untrained policy (step 0), kept for every step and arm
         for index, arm in enumerate(self.arms):
             others = self.arms[index + 1:index + 2]  # the next arm: pm - pm_nonsyco for [pm, pm_nonsyco]
@@ -213,6 +215,8 @@ class SycophancyEvaluation:
                     curves.append({"arm": arm, "step": m["step"], "kl": m["kl"], "type": name, "metric": headline,
                                    **{k: metrics[headline][k] for k in ("value", "ci_low", "ci_high", "reason")}})
                     mine = judged(arm, m["step"], name)
+                    if mine is not None:
+                        every += judged_rows(self.tasks[name], mine, arm=arm, step=m["step"], type=name)
                     against = [("step 0", judged(arm, 0, name))] + [(o, judged(o, m["step"], name)) for o in others] \
                         if m["step"] > 0 else []  # at step 0 every arm is the same policy
                     for minus, base in against:
@@ -230,6 +234,7 @@ class SycophancyEvaluation:
                             ("gold_fits", fits)):
             with atomic_path(self.results / f"{self.optimizer}_{table}.csv") as tmp:
                 pd.DataFrame(rows).to_csv(tmp, index=False)
+        write_jsonl(self.results / f"{self.optimizer}_judged.jsonl", every)
 
     def _gold(self, judged) -> tuple[list[dict], list[dict]]:
         """Per arm and type with a gold rate: the gold rate at each evaluated step beside the arm's own reward
@@ -254,3 +259,14 @@ class SycophancyEvaluation:
                          for m, root, stats in zip(evals, d, overoptimization.gold_rows(task, frames, **settings))]
                 fits.append({"arm": arm, "type": name, **overoptimization.fit("rl", d, task, frames, **settings)})
         return gold, fits
+
+
+def judged_rows(task, judged, **keys) -> list[dict]:
+    """A judged table as JSON rows under `keys`: the record keys and the numeric judgment columns, which are all
+    a task's metrics read (`tests/test_tasks.py`); the replies' text stays in the stage folder."""
+    import pandas as pd
+
+    from rlhf_syco.evaluation.task import KEYS
+
+    columns = [c for c in judged.columns if c in KEYS or pd.api.types.is_numeric_dtype(judged[c])]
+    return [{**keys, **row} for row in json.loads(judged[columns].to_json(orient="records"))]
