@@ -397,6 +397,8 @@ def intervention_effects(runs: pd.DataFrame, judged: str, curves: str, against: 
 
 
 def verdict(value: float, low: float, high: float) -> str:
+    if np.isfinite(value) and not np.isfinite([low, high]).any():
+        return "no (the two sides differ on no item)"
     if not all(np.isfinite([value, low, high])):
         return "not measurable"
     return "yes, above 0" if low > 0 else "yes, below 0" if high < 0 else "no"

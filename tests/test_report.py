@@ -285,3 +285,11 @@ def test_an_intervention_under_optimization_is_its_twin_subtracted_over_the_same
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## Interventions under optimization" in report and report.count("| method=kshot | method=none |") == 4
     assert "intervention_vs_n.png" in report and "intervention_ppo_vs_step.png" in report
+
+
+def test_a_verdict_says_on_which_side_of_0_or_why_it_cannot():
+    nan = float("nan")
+    assert verdict(0.2, 0.1, 0.3) == "yes, above 0" and verdict(-0.2, -0.3, -0.1) == "yes, below 0"
+    assert verdict(0.1, -0.1, 0.3) == "no"
+    assert verdict(0.0, nan, nan) == "no (the two sides differ on no item)"
+    assert verdict(nan, nan, nan) == "not measurable"
