@@ -243,7 +243,7 @@ def build(paths: list[Path], out: Path) -> dict:
         written["intervention.csv"] = pooled(check, ["type", "metric", "policy"]).merge(
             intervention_data(runs), on="group", how="left")
         figures.append(interventions_figure(written["intervention.csv"], out / "interventions.png"))
-    under = {}  # optimizer: the intervened policy minus its unintervened twin
+    under = {}  # method: the intervened policy minus its unintervened twin
     for optimizer, name, against, at in [("bon", "best-of-N", "reward_model", "n"),
                                          *((key, title, "arm", "step") for key, title in RL_OPTIMIZERS.items())]:
         bon = optimizer == "bon"
@@ -252,8 +252,8 @@ def build(paths: list[Path], out: Path) -> dict:
         if effects.empty:
             continue
         file = "intervention_vs_n" if bon else f"intervention_{optimizer}_vs_step"
-        effects = under[name] = written[f"{file}.csv"] = pooled(effects, ["control", "type", "metric", against, at],
-                                                               shared=shared)
+        effects = written[f"{file}.csv"] = pooled(effects, ["control", "type", "metric", against, at], shared=shared)
+        under[name] = (effects, against, at)
         figures.append(panel_figure(effects.assign(series=effects["group"] + " \u00b7 " + effects[against]), at,
                                     "N (best-of-N)" if at == "n" else f"{name} step", "series",
                                     f"Intervened \u2212 unintervened policy under {name}, by the reward model "
@@ -406,9 +406,10 @@ def verdict(value: float, low: float, high: float) -> str:
 
 def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fits: pd.DataFrame,
              figures: list[Path], intervention: pd.DataFrame | None = None,
-             under: dict[str, pd.DataFrame] | None = None) -> str:
+             under: dict[str, tuple] | None = None) -> str:
     """report.md: the runs, the findings table, what the PMs learned, the interventions' before / after and
-    under best-of-N, the figures and the gold-reward fits."""
+    under optimization ({method: (table, its reward-model column, its n or step column)}), the figures and the
+    gold-reward fits."""
     lines = ["# Sycophancy across runs", "",
              f"{len(runs)} runs in {runs['group'].nunique()} groups ({', '.join(sorted(runs['group'].unique()))}). "
              "Each value is the mean over a group's seeds with a 95% CI that pools the runs' own CIs and the spread "
@@ -461,8 +462,7 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fit
                   "intervention.", "",
                   "| group | twin | type | metric | method | against | at | intervened \u2212 twin [95% CI] | "
                   "CI excludes 0 | runs |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for method, table in under.items():
-            against, at = ("reward_model", "n") if method == "best-of-N" else ("arm", "step")
+        for method, (table, against, at) in under.items():
             ends = table[table[at].isin([table[at].min(), table[at].max()])]
             lines += [f"| {r.group} | {r.control} | {r.type} | {r.metric} | {method} | {getattr(r, against)} | "
                       f"{at} = {getattr(r, at)} | {_interval(r.value, r.ci_low, r.ci_high)} | "

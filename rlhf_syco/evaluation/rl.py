@@ -216,7 +216,7 @@ class SycophancyEvaluation:
                                    **{k: metrics[headline][k] for k in ("value", "ci_low", "ci_high", "reason")}})
                     mine = judged(arm, m["step"], name)
                     if mine is not None:
-                        every += judged_rows(self.tasks[name], mine, arm=arm, step=m["step"], type=name)
+                        every += judged_rows(mine, arm=arm, step=m["step"], type=name)
                     against = [("step 0", judged(arm, 0, name))] + [(o, judged(o, m["step"], name)) for o in others] \
                         if m["step"] > 0 else []  # at step 0 every arm is the same policy
                     for minus, base in against:
@@ -261,7 +261,7 @@ class SycophancyEvaluation:
         return gold, fits
 
 
-def judged_rows(task, judged, **keys) -> list[dict]:
+def judged_rows(judged, **keys) -> list[dict]:
     """A judged table as JSON rows under `keys`: the record keys and the numeric judgment columns, which are all
     a task's metrics read (`tests/test_tasks.py`); the replies' text stays in the stage folder."""
     import pandas as pd
