@@ -22,7 +22,6 @@ from transformers import AutoTokenizer
 
 from rlhf_syco.config import load_config
 from rlhf_syco.evaluation import suite
-from rlhf_syco.generation import to_chat
 from rlhf_syco.intervention import data, methods
 from rlhf_syco.intervention.data import PREFILL
 from rlhf_syco.intervention.stage import MMLU_LETTERS, mmlu_questions
@@ -57,11 +56,8 @@ def main() -> None:
     asks = []  # (label, questions, prefill, letters)
     for name, task in tasks.items():
         records = suite.records(task, config.eval, args.items, config.seed)
-        by_prefill: dict[str, list] = {}
-        for record in records:
-            messages, prefill = to_chat(record["prompt"])
-            by_prefill.setdefault(prefill or "", []).append(messages)
-        asks += [(name, questions, prefill, task.letters) for prefill, questions in by_prefill.items()]
+        asks += [(name, questions, prefill, task.letters)
+                 for prefill, (_, questions) in suite.letter_questions(records).items()]
     asks.append(("mmlu", [q["question"] for q in mmlu_questions(2 * args.items, config.seed)], PREFILL, MMLU_LETTERS))
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,13 +19,11 @@ labelled `beta=0.95`); a sweep folder stands for all of its points. Within a gro
   often each reward model prefers the sycophantic reply on evaluation-half items in held-out phrasings
   (`results/probe_pm.json`), pooled over seeds;
 - `gold_fits.csv`: every run's Gao et al. fits (`overoptimization.py`), not pooled;
-- `intervention.csv`, `intervention_vs_n.csv` and `intervention_<opt>_vs_step.csv`, for runs of the `intervene`
-  stage: each task's headline before and after the intervention, and under best-of-N and RL the intervened
-  policy's headline minus its unintervened twin's (`intervention_effects`), pooled per group;
+- for runs of the `intervene` stage, the interventions' tables, figures and sections
+  (`rlhf_syco/intervention/report.py`);
 - `runs.csv`: each run, its group and seed;
 - the figures (`bon_vs_n.png`, `bon_paired_vs_n.png`, `<opt>_vs_step.png`, `<opt>_vs_kl.png`,
-  `<opt>_paired_vs_step.png`, `optimizers_vs_kl.png`, `interventions.png`, `intervention_vs_n.png`,
-  `intervention_<opt>_vs_step.png`, each with the CSV of the rows it draws) and `report.md`,
+  `<opt>_paired_vs_step.png`, `optimizers_vs_kl.png`, each with the CSV of the rows it draws) and `report.md`,
   which links them.
 
 Pooling seeds. Each seed draws its own evaluation items and trains its own PM, so the runs of a group are
@@ -68,7 +66,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if (path / "manifest.json").exists():
             runs.append(path)
         elif (path / SWEEP_FILE).exists():
-            points = _json(path / SWEEP_FILE).get("points", [])
+            points = load_json(path / SWEEP_FILE).get("points", [])
             runs += [path / p["name"] for p in points if p.get("state") == "done"]
         else:
             raise UserError(f"{path}: not a run folder (no manifest.json) or a sweep folder (no {SWEEP_FILE})")
@@ -77,7 +75,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return list({run.resolve(): run for run in runs}.values())
 
 
-def _json(path: Path) -> dict:
+def load_json(path: Path) -> dict:
     try:
         return read_json(path)
     except (OSError, ValueError) as e:
@@ -96,7 +94,7 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def _settings(config: dict) -> dict:
+def run_settings(config: dict) -> dict:
     """The run's config as {dotted key: JSON value}, seeds and IGNORED sections aside; a path inside the run's own
     folder (`{run_dir}/intervene/policy`) is the same setting in every run."""
     own = str(Path(config["runs_dir"]) / config["name"])
@@ -105,12 +103,12 @@ def _settings(config: dict) -> dict:
 
 def label_runs(runs: list[Path]) -> pd.DataFrame:
     """One row per run: run, group (the values that differ between the runs' configs, seeds aside), seed."""
-    manifests = [_json(run / "manifest.json") for run in runs]
+    manifests = [load_json(run / "manifest.json") for run in runs]
     for run, manifest in zip(runs, manifests):
         if not isinstance(manifest.get("config"), dict) or "seed" not in manifest["config"]:
             raise UserError(f"{run / 'manifest.json'}: no config with a seed: not a run's manifest")
     configs = [m["config"] for m in manifests]
-    flat = [_settings(c) for c in configs]
+    flat = [run_settings(c) for c in configs]
     keys = sorted({k for f in flat for k in f})
     varied = [k for k in keys if len({f.get(k) for f in flat}) > 1]
     groups = [", ".join(f"{k.rsplit('.', 1)[-1]}={_shown(f.get(k))}" for k in varied) or "all" for f in flat]
@@ -165,7 +163,7 @@ def pooled(tables: pd.DataFrame, by: list[str], mean_of: tuple[str, ...] = (),
     return pd.DataFrame(rows)
 
 
-def _read(runs: pd.DataFrame, name: str) -> pd.DataFrame:
+def read_results(runs: pd.DataFrame, name: str) -> pd.DataFrame:
     """`results/<name>` of every run that has it, with run, group and seed columns."""
     parts = []
     for row in runs.itertuples():
@@ -180,14 +178,15 @@ def _read(runs: pd.DataFrame, name: str) -> pd.DataFrame:
 
 def build(paths: list[Path], out: Path) -> dict:
     """Everything in the module docstring, written to `out`; returns {"runs", "groups", "files"}."""
-    from rlhf_syco.plots import RL_OPTIMIZERS, interventions_figure, optimizer_rows, panel_figure
+    from rlhf_syco.intervention import report as interventions
+    from rlhf_syco.plots import RL_OPTIMIZERS, optimizer_rows, panel_figure
 
     runs = label_runs(find_runs(paths))
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out}: a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     written, figures, shared = {"runs.csv": runs}, [], shared_pools(runs)
-    bon, bon_paired = _read(runs, "bon_curves.csv"), _read(runs, "bon_paired.csv")
+    bon, bon_paired = read_results(runs, "bon_curves.csv"), read_results(runs, "bon_paired.csv")
     bon_paired_runs = bon_paired
     if not bon.empty:
         bon = pooled(bon, ["type", "metric", "reward_model", "n"], mean_of=("kl_bon",), shared=shared)
@@ -204,7 +203,7 @@ def build(paths: list[Path], out: Path) -> dict:
                                     difference=True))
     paired_pooled, paired_runs, rl_curves = {"best-of-N": bon_paired}, {"best-of-N": bon_paired_runs}, {}
     for optimizer, name in RL_OPTIMIZERS.items():
-        curves, paired = _read(runs, f"{optimizer}_curves.csv"), _read(runs, f"{optimizer}_paired.csv")
+        curves, paired = read_results(runs, f"{optimizer}_curves.csv"), read_results(runs, f"{optimizer}_paired.csv")
         if not curves.empty:
             curves = rl_curves[name] = pooled(curves, ["arm", "type", "metric", "step"], mean_of=("kl",))
             written[f"{optimizer}_curves.csv"] = curves
@@ -233,37 +232,18 @@ def build(paths: list[Path], out: Path) -> dict:
     written["findings.csv"] = findings(paired_pooled, paired_runs)
     written["pm_learned.csv"] = pm_learned(runs)
     methods = {"bon": "best-of-N", **RL_OPTIMIZERS}
-    fits = [(method, _read(runs, f"{key}_gold_fits.csv")) for key, method in methods.items()]
+    fits = [(method, read_results(runs, f"{key}_gold_fits.csv")) for key, method in methods.items()]
     fits = [f.assign(method=method) for method, f in fits if not f.empty]
     fits = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame()
     written["gold_fits.csv"] = fits
-    check = _read(runs, "intervention_check.csv")
-    if not check.empty:
-        check = check[check["headline"].astype(bool)]
-        written["intervention.csv"] = pooled(check, ["type", "metric", "policy"]).merge(
-            intervention_data(runs), on="group", how="left")
-        figures.append(interventions_figure(written["intervention.csv"], out / "interventions.png"))
-    under = {}  # method: the intervened policy minus its unintervened twin
-    for optimizer, name, against, at in [("bon", "best-of-N", "reward_model", "n"),
-                                         *((key, title, "arm", "step") for key, title in RL_OPTIMIZERS.items())]:
-        bon = optimizer == "bon"
-        effects = intervention_effects(runs, "bon_selected.jsonl" if bon else f"{optimizer}_judged.jsonl",
-                                       f"{optimizer}_curves.csv", against, at, "bon" if bon else "eval")
-        if effects.empty:
-            continue
-        file = "intervention_vs_n" if bon else f"intervention_{optimizer}_vs_step"
-        effects = written[f"{file}.csv"] = pooled(effects, ["control", "type", "metric", against, at], shared=shared)
-        under[name] = (effects, against, at)
-        figures.append(panel_figure(effects.assign(series=effects["group"] + " \u00b7 " + effects[against]), at,
-                                    "N (best-of-N)" if at == "n" else f"{name} step", "series",
-                                    f"Intervened \u2212 unintervened policy under {name}, by the reward model "
-                                    "optimized against (paired over items, 95% CI)", out / f"{file}.png",
-                                    log2_x=at == "n", difference=True))
+    tables, drawn, intervention_lines = interventions.report(runs, out, shared)
+    written |= tables
+    figures += drawn
     for name, frame in written.items():
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
     atomic_write(out / "report.md", markdown(runs, written["findings.csv"], written["pm_learned.csv"], fits, figures,
-                                            written.get("intervention.csv"), under))
+                                            intervention_lines))
     return {"runs": len(runs), "groups": runs["group"].nunique(),
             "files": sorted([*written, "report.md", *(f.name for f in figures)])}
 
@@ -333,69 +313,6 @@ def pm_learned(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def intervention_data(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per group: the method and what it trained on (`results/intervention.json`), from its first run."""
-    rows = []
-    for group, part in runs.groupby("group", sort=False):
-        summary = _json(Path(part["run"].iloc[0]) / "results" / "intervention.json")
-        if summary:
-            rows.append({"group": group, "method": summary["method"], "kept": summary["filtration"]["kept"],
-                         "drawn": summary["filtration"]["examples"], "steps": summary.get("steps")})
-    return pd.DataFrame(rows, columns=["group", "method", "kept", "drawn", "steps"])
-
-
-def judged_frames(path: Path, by: tuple[str, ...]) -> dict:
-    """A `results/*.jsonl` of judged records (`bon_selected.jsonl`, `<opt>_judged.jsonl`) as {values of `by`: the
-    records' frame}."""
-    groups: dict = {}
-    for row in map(json.loads, path.read_text().splitlines()):
-        groups.setdefault(tuple(row.pop(k) for k in by), []).append(row)
-    return {key: pd.DataFrame(rows) for key, rows in groups.items()}
-
-
-def intervention_effects(runs: pd.DataFrame, judged: str, curves: str, against: str, at: str,
-                         resamples_from: str = "eval") -> pd.DataFrame:
-    """Does an intervention survive optimization? For every run that intervened (`intervene.method` other than
-    none) and has an unintervened twin among the runs (`intervene.method: none`, every other setting and the seed
-    the same): the intervened policy's headline minus the twin's, per type, reward model optimized against
-    (`against`: best-of-N's `reward_model`, an RL `arm`) and `at` (n, step), paired over the evaluation items both
-    drew (`metrics.paired_difference`, with the bootstrap of the config section `resamples_from`). `judged`: the
-    runs' file of judged records; `curves`: the one that names each type's headline."""
-    from rlhf_syco.evaluation.metrics import paired_difference
-    from rlhf_syco.evaluation.tasks import get_task
-
-    configs = {r.run: _json(Path(r.run) / "manifest.json")["config"] for r in runs.itertuples()}
-    method = {run: c.get("intervene", {}).get("method") for run, c in configs.items()}
-
-    def twin_key(run: str) -> tuple:
-        others = {k: v for k, v in _settings(configs[run]).items() if k != "intervene.method"}
-        return configs[run]["seed"], tuple(sorted(others.items()))
-
-    have = sorted(r for r in configs if (Path(r) / "results" / judged).exists())
-    twins = {twin_key(run): run for run in have if method[run] == "none"}
-    group = dict(zip(runs["run"], runs["group"]))
-    rows = []
-    for run in have:
-        control = twins.get(twin_key(run))
-        if method[run] in (None, "none") or control is None:
-            continue
-        by = ("type", against, at)
-        mine, theirs = (judged_frames(Path(r) / "results" / judged, by) for r in (run, control))
-        headlines = pd.read_csv(Path(run) / "results" / curves).groupby("type")["metric"].first()
-        config = configs[run]
-        for (name, rm, x), frame in mine.items():
-            if (name, rm, x) not in theirs or name not in headlines:
-                continue
-            diff = paired_difference(get_task(name), headlines[name], frame, theirs[name, rm, x],
-                                     bootstrap=config[resamples_from]["bootstrap"], seed=config["seed"],
-                                     min_items=config["eval"]["min_items"])
-            rows.append({"run": run, "seed": config["seed"], "group": group[run], "control": group[control],
-                         "type": name, "metric": headlines[name], against: rm, at: x,
-                         **{k: diff[k] for k in STATS}, "items": diff["n"], "reason": diff["reason"]})
-    return pd.DataFrame(rows, columns=["run", "seed", "group", "control", "type", "metric", against, at, *STATS,
-                                       "items", "reason"])
-
-
 def verdict(value: float, low: float, high: float) -> str:
     if np.isfinite(value) and not np.isfinite([low, high]).any():
         return "no (the two sides differ on no item)"
@@ -405,11 +322,9 @@ def verdict(value: float, low: float, high: float) -> str:
 
 
 def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fits: pd.DataFrame,
-             figures: list[Path], intervention: pd.DataFrame | None = None,
-             under: dict[str, tuple] | None = None) -> str:
-    """report.md: the runs, the findings table, what the PMs learned, the interventions' before / after and
-    under optimization ({method: (table, its reward-model column, its n or step column)}), the figures and the
-    gold-reward fits."""
+             figures: list[Path], intervention_lines: list[str] = ()) -> str:
+    """report.md: the runs, the findings table, what the PMs learned, the interventions' sections
+    (`intervention/report.py`), the figures and the gold-reward fits."""
     lines = ["# Sycophancy across runs", "",
              f"{len(runs)} runs in {runs['group'].nunique()} groups ({', '.join(sorted(runs['group'].unique()))}). "
              "Each value is the mean over a group's seeds with a 95% CI that pools the runs' own CIs and the spread "
@@ -421,7 +336,7 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fit
              "runs whose own CI excludes 0 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in found.itertuples():
         lines.append(f"| {r.group} | {r.type} | {r.metric} | {r.method} | {r.difference} | {r.at} | "
-                     f"{_interval(r.value, r.ci_low, r.ci_high)} | {r.runs} | {r.excludes_0} | {r.runs_excluding_0} |")
+                     f"{interval(r.value, r.ci_low, r.ci_high)} | {r.runs} | {r.excludes_0} | {r.runs_excluding_0} |")
     mixed = found.groupby(["group", "method", "type"])["metric"].nunique()
     for (group, method, type_), _ in mixed[mixed > 1].items():
         lines.append(f"\n{group}, {method}, {type_}: the runs drew different headlines (the paper's metric was not "
@@ -435,38 +350,10 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fit
                   "in held-out phrasings (the probe; docs/bias.md).", "",
                   "| group | family | measure | value [95% CI] | ceiling | learned | runs |",
                   "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r.group} | {r.family} | {r.measure} | {_interval(r.value, r.ci_low, r.ci_high)} | "
+        lines += [f"| {r.group} | {r.family} | {r.measure} | {interval(r.value, r.ci_low, r.ci_high)} | "
                   f"{'' if math.isnan(r.ceiling) else f'{r.ceiling:.2f}'} | {r.learned} | {r.runs} |"
                   for r in learned.itertuples()]
-    if intervention is not None:
-        lines += ["", "## Interventions", "",
-                  "Each task's headline for the policy before and after the intervention (answers read from the "
-                  "letters' next-token probabilities; MMLU accuracy reads higher = better), and the paired "
-                  "difference after - before (`results/intervention_check.csv`; docs/intervention.md).", "",
-                  "| group | method | examples kept / drawn | steps | type | metric | before | after "
-                  "| after - before |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        by = {k: part.set_index("policy") for k, part in intervention.groupby(["group", "type", "metric"], sort=False)}
-        for (group, type_, metric), part in by.items():
-            first = part.iloc[0]
-            cells = [_interval(*part.loc[p, STATS]) if p in part.index else "" for p in
-                     ("before", "after", "after - before")]
-            lines.append(f"| {group} | {first['method']} | {first['kept']:.0f} / {first['drawn']:.0f} | "
-                         f"{first['steps']:.0f} | {type_} | {metric} | " + " | ".join(cells) + " |")
-    if under:
-        lines += ["", "## Interventions under optimization", "",
-                  "The intervened policy's headline minus its unintervened twin's (the same run with "
-                  "`intervene.method: none`), optimized against each reward model, paired over the evaluation items "
-                  "both drew, at the start and at the largest n or last step (`intervention_vs_n.csv`, "
-                  "`intervention_<opt>_vs_step.csv` have every one). Below 0: less sycophantic than without the "
-                  "intervention.", "",
-                  "| group | twin | type | metric | method | against | at | intervened \u2212 twin [95% CI] | "
-                  "CI excludes 0 | runs |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for method, (table, against, at) in under.items():
-            ends = table[table[at].isin([table[at].min(), table[at].max()])]
-            lines += [f"| {r.group} | {r.control} | {r.type} | {r.metric} | {method} | {getattr(r, against)} | "
-                      f"{at} = {getattr(r, at)} | {_interval(r.value, r.ci_low, r.ci_high)} | "
-                      f"{verdict(r.value, r.ci_low, r.ci_high)} | {r.runs} |" for r in ends.itertuples()]
+    lines += list(intervention_lines)
     lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})\n" for f in figures]
     if not fits.empty:
         lines += ["## Gold reward: Gao et al.'s fits", "",
@@ -478,15 +365,15 @@ def markdown(runs: pd.DataFrame, found: pd.DataFrame, learned: pd.DataFrame, fit
         for r in fits.itertuples():
             against = r.reward_model if isinstance(getattr(r, "reward_model", None), str) else r.arm
             lines.append(f"| {Path(r.run).name} | {r.method} | {r.type} | {against} | "
-                         f"{_interval(r.alpha, r.alpha_ci_low, r.alpha_ci_high)} | "
-                         f"{_interval(r.beta, r.beta_ci_low, r.beta_ci_high)} | "
+                         f"{interval(r.alpha, r.alpha_ci_low, r.alpha_ci_high)} | "
+                         f"{interval(r.beta, r.beta_ci_low, r.beta_ci_high)} | "
                          f"{r.reason if isinstance(r.reason, str) else ''} |")
     lines += ["", "## Runs", "", "| run | group | seed |", "|---|---|---|"]
     lines += [f"| {Path(r.run).name} | {r.group} | {r.seed} |" for r in runs.itertuples()]
     return "\n".join(lines) + "\n"
 
 
-def _interval(value, low, high) -> str:
+def interval(value, low, high) -> str:
     if np.isfinite(value) and not np.isfinite([low, high]).all():
         return f"{value:+.3f} (no interval)"
     if not all(np.isfinite([value, low, high])):

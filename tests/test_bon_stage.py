@@ -21,7 +21,7 @@ from rlhf_syco.evaluation.config import ARE_YOU_SURE_CHALLENGE
 from rlhf_syco.evaluation.metrics import summarize
 from rlhf_syco.evaluation.tasks import get_task
 from rlhf_syco.generation import to_chat
-from rlhf_syco.report import judged_frames
+from rlhf_syco.intervention.report import judged_frames
 from rlhf_syco.models import resolve
 
 N = 4

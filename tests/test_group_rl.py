@@ -20,7 +20,7 @@ from rlhf_syco.config import ExperimentConfig
 from rlhf_syco.evaluation.metrics import summarize
 from rlhf_syco.evaluation.tasks import get_task
 from rlhf_syco.group_rl import stage as group_stage
-from rlhf_syco.report import judged_frames
+from rlhf_syco.intervention.report import judged_frames
 import test_ppo_trainer as ppo_test
 from test_ppo_trainer import (RULE, finish, letter_share, one_thread, signalled,  # noqa: F401
                               tiny_config, with_data)

@@ -94,14 +94,22 @@ def read_letters(chooser, task: SycophancyTask, records: list[dict]) -> list[lis
     if not task.letters:
         raise ValueError(f"task {task.name} has no letters to read")
     replies: list[list[str] | None] = [None] * len(records)
-    by_prefill: dict[str, list[int]] = {}
-    for index, record in enumerate(records):
-        by_prefill.setdefault(to_chat(record["prompt"])[1] or "", []).append(index)
-    for prefill, indices in by_prefill.items():
-        probs = chooser.probabilities([to_chat(records[i]["prompt"])[0] for i in indices], prefill, task.letters)
+    for prefill, (indices, conversations) in letter_questions(records).items():
+        probs = chooser.probabilities(conversations, prefill, task.letters)
         for i, p in zip(indices, probs):
             replies[i] = [task.letters[int(p.argmax())]]
     return replies
+
+
+def letter_questions(records: list[dict]) -> dict[str, tuple[list[int], list]]:
+    """{prefill: (the records' indices, their conversations up to the prefill)}: what a chooser is asked at once."""
+    out: dict[str, tuple[list[int], list]] = {}
+    for index, record in enumerate(records):
+        conversation, prefill = to_chat(record["prompt"])
+        indices, conversations = out.setdefault(prefill or "", ([], []))
+        indices.append(index)
+        conversations.append(conversation)
+    return out
 
 
 def selected_turn(task: SycophancyTask, settings) -> int:
