@@ -3,10 +3,13 @@ transformers `generate` in fp32 and bf16 (bf16 matrix work runs on the CPU's AVX
 prompt cache and with `num_return_sequences`, and vLLM when it is installed.
 
     python benchmarks/sampling_engines.py [--n 8] [--items 4] [--max-new-tokens 48] [--threads 2]
+        [--engines hf-float32,hf-bfloat16,vllm-float32,vllm-bfloat16] [--hf-modes shared,n]
+        [--vllm-options '[{}, {"max_num_seqs": 512}]']
 
 Prints generated tokens per second for each, and whether the engines sample the same distribution: the mean
 log-probability of each engine's samples under the fp32 model (a distribution that drifted would score
-differently), and the share of greedy replies identical to fp32's. Default: SmolLM2-135M-Instruct, the default
+differently), and the share of greedy replies identical to fp32's (when hf-float32 runs). Each vLLM engine runs
+once per set of `vllm.LLM` options in `--vllm-options`. Default: SmolLM2-135M-Instruct, the default
 experiment's sampling settings, on answer, feedback and mimicry prompts.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import time
 
 import torch
@@ -54,7 +58,11 @@ def main() -> None:  # under a __main__ guard: the vLLM engine may start process
     parser.add_argument("--types", default="answer,feedback,mimicry")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--engines", default="hf-float32,hf-bfloat16,vllm-float32,vllm-bfloat16")
+    parser.add_argument("--vllm-options", type=json.loads, default=[{}])
+    parser.add_argument("--hf-modes", default="shared,n", help="shared: our prompt cache; n: num_return_sequences")
     args = parser.parse_args()
+    engines = args.engines.split(",")
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
     settings = config.policy.generation
@@ -64,11 +72,11 @@ def main() -> None:  # under a __main__ guard: the vLLM engine may start process
     reference, tokenizer = load_causal_lm(config.policy.model.model_copy(update={"dtype": "float32"}), "cpu")
     prompts = render_prompts(tokenizer, conversations, prefills)
     rows, greedy = [], {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in [e.removeprefix("hf-") for e in engines if e.startswith("hf-")]:
         model, tok = load_causal_lm(config.policy.model.model_copy(update={"dtype": dtype}), "cpu")
         generator = HFGenerator(model, tok, settings)
         generator.generate(conversations[:2], 2, 0, prefills[:2], max_new_tokens=4)  # warm-up
-        for shared in (True, False):
+        for shared in [mode == "shared" for mode in args.hf_modes.split(",")]:
             t0 = time.perf_counter()
             if shared:
                 replies = generator.generate(conversations, args.n, 0, prefills, max_new_tokens=args.max_new_tokens)
@@ -79,28 +87,31 @@ def main() -> None:  # under a __main__ guard: the vLLM engine may start process
                          tokens_of(tok, replies), mean_logprob(reference, tokenizer, prompts, replies)))
         greedy[dtype] = HFGenerator(model, tok, settings.model_copy(update={"temperature": 0.0})).generate(
             conversations, 1, 0, prefills, max_new_tokens=args.max_new_tokens)
-    if importlib.util.find_spec("vllm") is None:
+    vllm_runs = [(e.removeprefix("vllm-"), options) for e in engines if e.startswith("vllm-")
+                 for options in args.vllm_options]
+    if vllm_runs and importlib.util.find_spec("vllm") is None:
         rows.append(("vllm", None, None, None))
-    else:
+    elif vllm_runs:
         from rlhf_syco.vllm_backend import VLLMGenerator
 
-        for dtype in ("float32", "bfloat16"):
+        for dtype, options in vllm_runs:
+            name = f"vllm {dtype}" + (f" {json.dumps(options)}" if options else "")
             engine = make_generator(config.policy.model, settings.model_copy(
-                update={"backend": "vllm", "dtype": dtype}), "cpu")
+                update={"backend": "vllm", "dtype": dtype, "engine_options": options}), "cpu")
             engine.generate(conversations[:2], 2, 0, prefills[:2], max_new_tokens=4)  # warm-up
             t0 = time.perf_counter()
             replies = engine.generate(conversations, args.n, 0, prefills, max_new_tokens=args.max_new_tokens)
             seconds = time.perf_counter() - t0
-            rows.append((f"vllm {dtype}", seconds, tokens_of(tokenizer, replies),
+            rows.append((name, seconds, tokens_of(tokenizer, replies),
                          mean_logprob(reference, tokenizer, prompts, replies)))
             greedy_engine = VLLMGenerator(engine.llm, engine.tokenizer, settings.model_copy(
                 update={"temperature": 0.0}), engine.stop_ids)  # the same engine, greedy settings
-            greedy[f"vllm {dtype}"] = greedy_engine.generate(conversations, 1, 0, prefills,
+            greedy[name] = greedy_engine.generate(conversations, 1, 0, prefills,
                                                              max_new_tokens=args.max_new_tokens)
             engine.close()
     print(f"{len(records)} prompts x {args.n} samples, up to {args.max_new_tokens} tokens, T={settings.temperature}, "
           f"top_p={settings.top_p}, {args.threads} threads")
-    base = rows[0][2] / rows[0][1]
+    base = next(tokens / seconds for _, seconds, tokens, _ in rows if seconds)  # the first engine that ran
     for name, seconds, tokens, logprob in rows:
         if seconds is None:
             print(f"{name:40s} not installed here")
@@ -108,7 +119,7 @@ def main() -> None:  # under a __main__ guard: the vLLM engine may start process
         rate = tokens / seconds
         print(f"{name:40s} {seconds:7.1f} s  {rate:7.1f} tokens/s  x{rate / base:4.2f}  mean log-prob {logprob:.3f}")
     for name, replies in greedy.items():
-        if name != "float32":
+        if name != "float32" and "float32" in greedy:
             same = sum(a == b for a, b in zip(greedy["float32"], replies)) / len(records)
             print(f"greedy replies identical to hf float32's: {'hf ' * (name == 'bfloat16')}{name} {same:.0%}")
 

@@ -147,6 +147,11 @@ class ComputeConfig(Strict):
     stage_retries: int = Field(1, ge=0)
     torch_threads: int | None = Field(None, gt=0)
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        return "no" if value is False else value  # YAML 1.1 reads an unquoted `no` as false
+
     @property
     def deepspeed_config(self) -> Path | None:
         """The package's ZeRO config for `deepspeed_stage` (rlhf_syco/ds_configs/), None without DeepSpeed."""

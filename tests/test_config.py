@@ -29,6 +29,15 @@ def test_dotted_overrides_apply_with_yaml_types():
     assert cfg.probe.reward_models == ["pm"]
 
 
+def test_an_unquoted_no_is_the_mixed_precision_setting_not_false(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text("compute:\n  mixed_precision: no\n")
+    assert load_config(p).compute.mixed_precision == "no"
+    cfg = load_config(EXPERIMENTS_DIR / "tiny.yaml", ["compute.mixed_precision=bf16", "compute.mixed_precision=no"])
+    assert cfg.compute.mixed_precision == "no"
+    assert "compute.mixed_precision" in _error(tmp_path, "compute:\n  mixed_precision: yes\n")[0]
+
+
 def _error(tmp_path, text, overrides=()):
     p = tmp_path / "exp.yaml"
     p.write_text(text)
