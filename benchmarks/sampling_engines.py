@@ -85,8 +85,9 @@ def main() -> None:  # under a __main__ guard: the vLLM engine may start process
             seconds = time.perf_counter() - t0
             rows.append((f"hf {dtype} {'shared cache' if shared else 'num_return_sequences'}", seconds,
                          tokens_of(tok, replies), mean_logprob(reference, tokenizer, prompts, replies)))
-        greedy[dtype] = HFGenerator(model, tok, settings.model_copy(update={"temperature": 0.0})).generate(
-            conversations, 1, 0, prefills, max_new_tokens=args.max_new_tokens)
+        if "hf-float32" in engines:  # greedy replies are compared with hf float32's
+            greedy[dtype] = HFGenerator(model, tok, settings.model_copy(update={"temperature": 0.0})).generate(
+                conversations, 1, 0, prefills, max_new_tokens=args.max_new_tokens)
     vllm_runs = [(e.removeprefix("vllm-"), options) for e in engines if e.startswith("vllm-")
                  for options in args.vllm_options]
     if vllm_runs and importlib.util.find_spec("vllm") is None:
@@ -104,10 +105,11 @@ def main() -> None:  # under a __main__ guard: the vLLM engine may start process
             seconds = time.perf_counter() - t0
             rows.append((name, seconds, tokens_of(tokenizer, replies),
                          mean_logprob(reference, tokenizer, prompts, replies)))
-            greedy_engine = VLLMGenerator(engine.llm, engine.tokenizer, settings.model_copy(
-                update={"temperature": 0.0}), engine.stop_ids)  # the same engine, greedy settings
-            greedy[name] = greedy_engine.generate(conversations, 1, 0, prefills,
-                                                             max_new_tokens=args.max_new_tokens)
+            if "hf-float32" in engines:
+                greedy_engine = VLLMGenerator(engine.llm, engine.tokenizer, settings.model_copy(
+                    update={"temperature": 0.0}), engine.stop_ids)  # the same engine, greedy settings
+                greedy[name] = greedy_engine.generate(conversations, 1, 0, prefills,
+                                                      max_new_tokens=args.max_new_tokens)
             engine.close()
     print(f"{len(records)} prompts x {args.n} samples, up to {args.max_new_tokens} tokens, T={settings.temperature}, "
           f"top_p={settings.top_p}, {args.threads} threads")
@@ -119,7 +121,7 @@ def main() -> None:  # under a __main__ guard: the vLLM engine may start process
         rate = tokens / seconds
         print(f"{name:40s} {seconds:7.1f} s  {rate:7.1f} tokens/s  x{rate / base:4.2f}  mean log-prob {logprob:.3f}")
     for name, replies in greedy.items():
-        if name != "float32" and "float32" in greedy:
+        if name != "float32":
             same = sum(a == b for a, b in zip(greedy["float32"], replies)) / len(records)
             print(f"greedy replies identical to hf float32's: {'hf ' * (name == 'bfloat16')}{name} {same:.0%}")
 

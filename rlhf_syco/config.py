@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -147,11 +148,6 @@ class ComputeConfig(Strict):
     stage_retries: int = Field(1, ge=0)
     torch_threads: int | None = Field(None, gt=0)
 
-    @field_validator("mixed_precision", mode="before")
-    @classmethod
-    def _yaml_no(cls, value):
-        return "no" if value is False else value  # YAML 1.1 reads an unquoted `no` as false
-
     @property
     def deepspeed_config(self) -> Path | None:
         """The package's ZeRO config for `deepspeed_stage` (rlhf_syco/ds_configs/), None without DeepSpeed."""
@@ -235,6 +231,18 @@ class ExperimentConfig(Strict):
 # --------------------------------------------------------------------------- loading
 
 
+class YAMLLoader(yaml.SafeLoader):
+    """YAML 1.2's booleans, true and false only. YAML 1.1's yes / no / on / off turned `mixed_precision: no` into
+    false; as words they still validate where a field is a bool (pydantic reads them)."""
+
+
+YAMLLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YAMLLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> ExperimentConfig:
     """Load `path` (default: experiments/default.yaml), apply `a.b.c=value` overrides, validate."""
     path = Path(path) if path else EXPERIMENTS_DIR / "default.yaml"
@@ -243,7 +251,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     text = path.read_text()
     try:
         node = yaml.compose(text)
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=YAMLLoader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -273,7 +281,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
         raise UserError(f"override {item!r} must look like key.path=value")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.load(raw, Loader=YAMLLoader) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value

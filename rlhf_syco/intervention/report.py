@@ -54,10 +54,11 @@ def under_optimization(runs: pd.DataFrame, out: Path, shared: frozenset) -> tupl
     from rlhf_syco.plots import RL_OPTIMIZERS, panel_figure
 
     tables, figures, rows = {}, [], []
+    configs = {r.run: load_json(Path(r.run) / "manifest.json")["config"] for r in runs.itertuples()}
     for optimizer, name, against, at in [("bon", "best-of-N", "reward_model", "n"),
                                          *((key, title, "arm", "step") for key, title in RL_OPTIMIZERS.items())]:
         bon = optimizer == "bon"
-        effects = intervention_effects(runs, "bon_selected.jsonl" if bon else f"{optimizer}_judged.jsonl",
+        effects = intervention_effects(runs, configs, "bon_selected.jsonl" if bon else f"{optimizer}_judged.jsonl",
                                        f"{optimizer}_curves.csv", against, at, "bon" if bon else "eval")
         if effects.empty:
             continue
@@ -105,18 +106,18 @@ def judged_frames(path: Path, by: tuple[str, ...]) -> dict:
     return {key: pd.DataFrame(rows) for key, rows in groups.items()}
 
 
-def intervention_effects(runs: pd.DataFrame, judged: str, curves: str, against: str, at: str,
+def intervention_effects(runs: pd.DataFrame, configs: dict, judged: str, curves: str, against: str, at: str,
                          resamples_from: str = "eval") -> pd.DataFrame:
     """Does an intervention survive optimization? For every run that intervened (`intervene.method` other than
     none) and has an unintervened twin among the runs (`intervene.method: none`, every other setting and the seed
     the same): the intervened policy's headline minus the twin's, per type, reward model optimized against
     (`against`: best-of-N's `reward_model`, an RL `arm`) and `at` (n, step), paired over the evaluation items both
     drew (`metrics.paired_difference`, with the bootstrap of the config section `resamples_from`). `judged`: the
-    runs' file of judged records; `curves`: the one that names each type's headline."""
+    runs' file of judged records; `curves`: the one that names each type's headline; `configs`: {run: its
+    manifest's config}."""
     from rlhf_syco.evaluation.metrics import paired_difference
     from rlhf_syco.evaluation.tasks import get_task
 
-    configs = {r.run: load_json(Path(r.run) / "manifest.json")["config"] for r in runs.itertuples()}
     method = {run: c.get("intervene", {}).get("method") for run, c in configs.items()}
 
     def twin_key(run: str) -> tuple:
